@@ -1,0 +1,115 @@
+"""The ``margin-monitor`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from monitor import __version__
+from monitor.calc import parse_request, planned_trade, run_calc, run_pretrade
+from monitor.errors import UserInputError
+from monitor.render import calc_report, pretrade_report
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+#: Exit code for bad input (a file, a flag): the user must fix something.
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, exposed for the docs and the tests."""
+    parser = _Parser(prog="margin-monitor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    calc = commands.add_parser(
+        "calc",
+        help="what-if: margin ratio, liquidation and threshold prices of an account or a planned trade",
+        description="Assess an account described in JSON (--input), or check a planned trade's stop-loss"
+        " against its liquidation price (--symbol ... --stop-loss).",
+    )
+    calc.add_argument("--input", metavar="FILE", help="account description (JSON); - reads stdin")
+    calc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    trade = calc.add_argument_group("pre-trade check (instead of --input)")
+    trade.add_argument("--exchange", default="binanceusdm", help="formula family (default binanceusdm)")
+    trade.add_argument("--symbol", help="BTCUSDT or BTC/USDT:USDT (bundled brackets)")
+    trade.add_argument("--side", choices=["long", "short"])
+    trade.add_argument("--entry", type=float, help="planned entry price")
+    trade.add_argument("--size", type=float, help="position size in contracts (base units)")
+    trade.add_argument("--leverage", type=float, help="leverage; sets the isolated margin")
+    trade.add_argument("--stop-loss", type=float, help="planned stop-loss price")
+    trade.add_argument("--wallet", type=float, help="cross wallet balance (implies --margin-mode cross)")
+    trade.add_argument("--margin-mode", choices=["cross", "isolated"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"calc": _calc}
+    try:
+        return commands[args.command](parser, args)
+    except UserInputError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _calc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    trade_flags = ("symbol", "side", "entry", "size", "leverage", "stop_loss")
+    if args.input is None:
+        given = [flag for flag in trade_flags if getattr(args, flag) is not None]
+        if not given:
+            parser.error(
+                "calc needs --input FILE, or the pre-trade flags --symbol --side --entry --size"
+                " --leverage --stop-loss"
+            )
+        missing = [f"--{flag.replace('_', '-')}" for flag in trade_flags if getattr(args, flag) is None]
+        if missing:
+            raise UserInputError(missing[0], "missing (the pre-trade check needs " + ", ".join(missing) + ")")
+        trade = planned_trade(
+            exchange=args.exchange,
+            symbol=args.symbol,
+            side=args.side,
+            entry=args.entry,
+            size=args.size,
+            leverage=args.leverage,
+            stop_loss=args.stop_loss,
+            wallet=args.wallet,
+            margin_mode=args.margin_mode,
+        )
+        document = run_pretrade(trade)
+        print(json.dumps(document, indent=2) if args.json else pretrade_report(document))
+        return 0
+    request = parse_request(_load_json(args.input), source=args.input)
+    document = run_calc(request)
+    print(json.dumps(document, indent=2) if args.json else calc_report(document))
+    return 0
+
+
+def _load_json(name: str) -> object:
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserInputError("--input", f"cannot read {name}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(
+            "--input", f"{name} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
