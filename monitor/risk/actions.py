@@ -59,9 +59,12 @@ def close_fraction(
         return None
     notional = position.notional
     tiers = position.position.tiers.tiers
+    last = len(tiers) - 1
     for index in range(position.tier - 1, -1, -1):
         tier = tiers[index]
         kept = (allowed + tier.amount) / tier.rate
         if kept >= tier.floor:
-            return 1.0 - min(kept, tier.cap, notional) / notional
+            # Past a cap only where the margin jumps at the edge (no maintenance amount): keep up to it.
+            ceiling = notional if index == last else min(tier.cap, notional)
+            return 1.0 - min(kept, ceiling) / notional
     return 1.0
