@@ -48,3 +48,60 @@ class PositionError(MarginMonitorError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+# --- exchanges ------------------------------------------------------------------------------------
+# Named after what the caller must do: retry (temporary), wait (rate limited), resync the clock,
+# or stop and tell a human (operational). Every ccxt exception maps to exactly one of these
+# (monitor/exchanges/errors.py holds the table).
+
+
+class ExchangeError(MarginMonitorError):
+    """Talking to an exchange failed; ``account`` and ``exchange`` say where (never a secret)."""
+
+    def __init__(self, message: str, *, account: str | None = None, exchange: str | None = None) -> None:
+        self.account = account
+        self.exchange = exchange
+        super().__init__(message)
+
+
+class TemporaryExchangeError(ExchangeError):
+    """The exchange or the network failed in passing (timeout, 5xx, dropped connection): retry."""
+
+
+class RateLimitedError(TemporaryExchangeError):
+    """The exchange asked us to slow down (HTTP 429, or 418 when banned): wait ``retry_after`` s."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        account: str | None = None,
+        exchange: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, account=account, exchange=exchange)
+
+
+class ClockSkewError(TemporaryExchangeError):
+    """Our timestamp is outside the exchange's receive window (Binance -1021): resync, then retry."""
+
+
+class OperationalExchangeError(ExchangeError):
+    """A human must act: bad or revoked key, missing permission, unknown symbol, account closed."""
+
+
+class PayloadError(ExchangeError):
+    """The exchange sent something we cannot use; ``field`` names the payload and field at fault."""
+
+    def __init__(
+        self, field: str, problem: str, *, account: str | None = None, exchange: str | None = None
+    ) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}", account=account, exchange=exchange)
+
+
+class ConfigError(UserInputError):
+    """The configuration file is wrong; ``field`` is the key (``accounts[1].secret_file``)."""

@@ -1,0 +1,1 @@
+"""Exchange access: ccxt clients (transport) and one adapter module per exchange family."""
