@@ -1,0 +1,316 @@
+"""The polling daemon: one scheduled poll per account, the risk engine, canonical log lines, staleness.
+
+Every account is polled by an APScheduler interval job (jittered, never overlapping, coalesced when
+late). A poll fetches the account through its ``AccountSource``, assesses it with the pure engine,
+and logs one canonical ``account.assessed`` line. A poll that fails logs ``account.poll_failed``
+and backs off (capped and jittered, or as long as the exchange's ``Retry-After`` says); it never
+raises into the scheduler. A staleness check, run on its own schedule, turns an account whose last
+good assessment is too old ``blind`` and says so; the next good poll clears it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from monitor.errors import ClockSkewError, ExchangeError, PayloadError, RateLimitedError
+from monitor.risk.engine import assess
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from monitor.config import AccountConfig, Config
+    from monitor.exchanges.base import AccountSource, FetchedAccount
+    from monitor.risk.model import Assessment
+
+#: The level an account has before its first assessment, and while its data is too old to trust.
+UNKNOWN = "unknown"
+BLIND = "blind"
+
+#: Backoff after consecutive failures: base * 2**n seconds, capped, with full jitter on top half.
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
+
+#: How long closing every client may take on shutdown (SIGTERM must end the process within 5 s).
+CLOSE_TIMEOUT_S = 3.0
+
+log = structlog.get_logger("margin_monitor.daemon")
+
+
+@dataclass(slots=True)
+class AccountState:
+    """What the daemon knows of one account between polls (mutable; owned by the daemon)."""
+
+    config: AccountConfig
+    source: AccountSource
+    last_good: float | None = None
+    assessment: Assessment | None = None
+    level: str = UNKNOWN
+    blind: bool = False
+    failures: int = 0
+    backoff_until: float = 0.0
+    drift_warned: bool = False
+    polls: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        """The account's configured name."""
+        return self.config.name
+
+
+class Daemon:
+    """Polls every configured account and logs what the risk engine makes of it."""
+
+    def __init__(
+        self,
+        config: Config,
+        sources: Mapping[str, AccountSource],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float, float], float] = random.uniform,
+        poll_timeout_s: float | None = None,
+    ) -> None:
+        self.config = config
+        self.thresholds = tuple(value / 100 for value in config.alerts.thresholds_pct)
+        self.accounts = {
+            account.name: AccountState(account, sources[account.name], started=clock())
+            for account in config.accounts
+        }
+        self._clock = clock
+        self._jitter = jitter
+        self._poll_timeout_s = poll_timeout_s
+        self._scheduler: AsyncIOScheduler | None = None
+
+    # --- one poll -------------------------------------------------------------------------------
+
+    async def poll(self, name: str) -> Assessment | None:
+        """Fetch and assess one account; log the result. Never raises (a crashed loop is a bug)."""
+        state = self.accounts[name]
+        now = self._clock()
+        if now < state.backoff_until:
+            return None
+        started = time.perf_counter()
+        state.polls += 1
+        try:
+            async with asyncio.timeout(self._poll_timeout(state)):
+                fetched = await state.source.fetch()
+            assessment = assess(fetched.snapshot, self.thresholds)
+        except ExchangeError as exc:
+            await self._failed(state, exc)
+            return None
+        except TimeoutError:
+            await self._failed(state, None, reason="timeout")
+            return None
+        except Exception as exc:
+            log.exception("account.poll_crashed", account=name, exchange=state.config.exchange)
+            await self._failed(state, None, reason=type(exc).__name__)
+            return None
+        self._assessed(state, fetched, assessment, latency_ms=(time.perf_counter() - started) * 1000)
+        return assessment
+
+    def _poll_timeout(self, state: AccountState) -> float:
+        # A poll must end, or the account would go blind without a word on why.
+        if self._poll_timeout_s is not None:
+            return self._poll_timeout_s
+        return max(5.0, state.config.poll_interval_s * 2)
+
+    def _assessed(
+        self, state: AccountState, fetched: FetchedAccount, assessment: Assessment, *, latency_ms: float
+    ) -> None:
+        was_blind = state.blind
+        state.last_good = self._clock()
+        state.assessment = assessment
+        state.blind = False
+        state.failures = 0
+        state.backoff_until = 0.0
+        state.last_error = None
+        state.level = assessment.worst_level.value
+        drift = assessment.drift.worst if assessment.drift is not None else None
+        ratio = assessment.margin_ratio
+        log.info(
+            "account.assessed",
+            account=state.name,
+            exchange=state.config.exchange,
+            margin_ratio_pct=None if ratio is None else round(ratio * 100, 4),
+            level=state.level,
+            margin_balance=assessment.margin_balance,
+            maintenance_margin=assessment.maintenance_margin,
+            drift_pct=None if drift is None else round(drift * 100, 4),
+            positions=len(assessment.positions),
+            approximate=fetched.approximate or None,
+            latency_ms=round(latency_ms, 2),
+        )
+        if was_blind:
+            log.info("account.data_restored", account=state.name, level=state.level)
+        self._check_drift(state, drift)
+
+    def _check_drift(self, state: AccountState, drift: float | None) -> None:
+        tolerance = state.config.drift_tolerance_pct / 100
+        if drift is not None and drift > tolerance:
+            if not state.drift_warned:
+                state.drift_warned = True
+                log.warning(
+                    "account.drift",
+                    account=state.name,
+                    drift_pct=round(drift * 100, 4),
+                    tolerance_pct=state.config.drift_tolerance_pct,
+                    hint="our maintenance margin or margin balance differs from the exchange's own figure",
+                )
+        elif state.drift_warned:
+            state.drift_warned = False
+            log.info("account.drift_cleared", account=state.name)
+
+    async def _failed(
+        self, state: AccountState, exc: ExchangeError | None, *, reason: str | None = None
+    ) -> None:
+        state.errors += 1
+        state.failures += 1
+        delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (state.failures - 1))
+        delay = self._jitter(delay / 2, delay)
+        fields: dict[str, Any] = {"account": state.name, "exchange": state.config.exchange}
+        if exc is not None:
+            fields["error"] = type(exc).__name__
+            fields["detail"] = str(exc)
+            if isinstance(exc, PayloadError):
+                fields["field"] = exc.field
+            if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)
+                fields["retry_after_s"] = exc.retry_after
+            if isinstance(exc, ClockSkewError):
+                await self._resync_clock(state)
+        else:
+            fields["error"] = reason
+        state.last_error = str(fields.get("detail") or fields["error"])
+        # Back off only after the first failure: a single blip should not delay the next poll.
+        if state.failures > 1 or (isinstance(exc, RateLimitedError)):
+            state.backoff_until = self._clock() + delay
+            fields["backoff_s"] = round(delay, 3)
+        log.warning("account.poll_failed", failures=state.failures, **fields)
+
+    async def _resync_clock(self, state: AccountState) -> None:
+        resync = getattr(state.source, "resync_clock", None)
+        if resync is None:
+            return
+        try:
+            await resync()
+        except Exception as exc:  # noqa: BLE001 - the next poll retries; the failure is logged
+            log.warning("account.clock_resync_failed", account=state.name, error=type(exc).__name__)
+        else:
+            log.info("account.clock_resynced", account=state.name)
+
+    # --- staleness ------------------------------------------------------------------------------
+
+    def stale_after_s(self, state: AccountState) -> float:
+        """Age beyond which an account's data no longer counts (``stale_after_polls`` intervals)."""
+        return self.config.alerts.stale_after_polls * state.config.poll_interval_s
+
+    def check_staleness(self) -> list[str]:
+        """Turn accounts without a fresh assessment ``blind`` (logging once); return the blind ones."""
+        now = self._clock()
+        blind: list[str] = []
+        for state in self.accounts.values():
+            since = state.last_good if state.last_good is not None else state.started
+            age = now - since
+            if age > self.stale_after_s(state):
+                blind.append(state.name)
+                if not state.blind:
+                    state.blind = True
+                    state.level = BLIND
+                    log.warning(
+                        "account.blind",
+                        account=state.name,
+                        exchange=state.config.exchange,
+                        level=BLIND,
+                        seconds_since_last_good=round(age, 3),
+                        last_error=state.last_error,
+                        never_assessed=state.last_good is None or None,
+                    )
+        return blind
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def refresh_tiers(self) -> None:
+        """Ask every source to read its tier tables again on its next fetch."""
+        for state in self.accounts.values():
+            await state.source.refresh_tiers()
+        log.info("tiers.refresh_scheduled", accounts=len(self.accounts))
+
+    async def poll_all(self) -> None:
+        """One poll of every account, concurrently (start-up, ``status``)."""
+        async with asyncio.TaskGroup() as group:
+            for name in self.accounts:
+                group.create_task(self.poll(name), name=f"poll:{name}")
+
+    def start(self) -> AsyncIOScheduler:
+        """Schedule the poll, staleness and refresh jobs on the running loop."""
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        for state in self.accounts.values():
+            interval = state.config.poll_interval_s
+            scheduler.add_job(
+                self.poll,
+                "interval",
+                args=[state.name],
+                id=f"poll:{state.name}",
+                seconds=interval,
+                jitter=interval * 0.1,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+            )
+        fastest = min((state.config.poll_interval_s for state in self.accounts.values()), default=10.0)
+        scheduler.add_job(
+            self.check_staleness,
+            "interval",
+            id="staleness",
+            seconds=max(fastest / 2, 0.01),
+            max_instances=1,
+            coalesce=True,
+        )
+        daemon = self.config.daemon
+        scheduler.add_job(
+            self.refresh_tiers,
+            "interval",
+            id="tiers",
+            hours=daemon.tier_refresh_h,
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        return scheduler
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set, then shut the scheduler down and close every client."""
+        log.info(
+            "daemon.started",
+            accounts=len(self.accounts),
+            thresholds_pct=list(self.config.alerts.thresholds_pct),
+        )
+        try:
+            await self.poll_all()
+            self.start()
+            await stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop scheduling and close every source, within ``CLOSE_TIMEOUT_S``."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await asyncio.gather(
+                    *(state.source.close() for state in self.accounts.values()), return_exceptions=True
+                )
+        log.info("daemon.stopped", accounts=len(self.accounts))

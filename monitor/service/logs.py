@@ -1,0 +1,220 @@
+"""Logging: one pipeline for our structlog events and third-party stdlib loggers, with secrets cut out.
+
+Under a supervisor (systemd, Docker) stdout is not a terminal and every line is a JSON object with
+``timestamp`` (ISO 8601, UTC), ``level``, ``logger`` and ``event``, ready for ``jq`` and log
+shippers; on a terminal the same events are rendered for people. ccxt, aiohttp and APScheduler log
+through the standard library; their records go through the same processors (at WARNING and
+above: their INFO and DEBUG lines are request chatter, and ccxt's verbose mode prints signed URLs).
+
+Every line passes the redactor twice: once over the event's fields (exception text included) before
+rendering, once over the rendered line, which catches a secret inside the ``repr`` of some object.
+It replaces each configured secret, any ``signature=`` query parameter and the value of the API
+key headers exchanges use, with ``***``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from structlog.typing import EventDict, Processor, WrappedLogger
+
+LogFormat = Literal["auto", "json", "console"]
+
+#: What every redacted value becomes.
+REDACTED = "***"
+
+#: Third-party loggers routed through our pipeline, quietened to WARNING.
+THIRD_PARTY_LOGGERS = ("ccxt", "aiohttp", "apscheduler")
+
+#: Headers that carry an API key, a signature or a passphrase (Binance, Bybit, OKX).
+SECRET_HEADERS = (
+    "X-MBX-APIKEY",
+    "X-BAPI-API-KEY",
+    "X-BAPI-SIGN",
+    "OK-ACCESS-KEY",
+    "OK-ACCESS-SIGN",
+    "OK-ACCESS-PASSPHRASE",
+)
+
+# A signature proves nothing to a reader but lets a replayer within the receive window act as us.
+_SIGNATURE = re.compile(r"(?i)(\bsignature=)[^&\s\"'<>]+")
+# Header values as they appear in dict reprs ('X-MBX-APIKEY': 'abc'), JSON and raw HTTP (X-MBX-APIKEY: abc).
+_HEADER = re.compile(
+    r"(?i)(\b(?:" + "|".join(re.escape(name) for name in SECRET_HEADERS) + r")['\"]?\s*[:=]\s*['\"]?)"
+    r"[^'\"\s,;}&]+"
+)
+
+_HANDLER_NAME = "margin-monitor"
+
+
+class Redactor:
+    """Replaces secrets in event fields and rendered lines; ``set_secrets`` swaps the set atomically.
+
+    The secrets are compiled into one regular expression shaped as a trie (shared prefixes merged),
+    so a line is scanned once whatever the number of accounts: a plain alternation of 3,000 keys
+    costs about 2 ms a line, the trie under 0.1 ms.
+    """
+
+    def __init__(self) -> None:
+        self._pattern: re.Pattern[str] | None = None
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        """Redact exactly these values from now on (empty strings are ignored)."""
+        forms: set[str] = set()
+        for secret in secrets:
+            if not secret:
+                continue
+            # The raw value, and the value as JSON and repr() escape it, so a secret holding a quote
+            # or backslash is still found in a rendered line.
+            forms.update((secret, json.dumps(secret)[1:-1], repr(secret)[1:-1]))
+        self._pattern = re.compile(_trie_pattern(forms)) if forms else None
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with every secret, signature and API-key header value replaced by ``***``."""
+        pattern = self._pattern  # read once: set_secrets may run in another thread
+        if pattern is not None:
+            text = pattern.sub(REDACTED, text)
+        if "=" in text:
+            text = _SIGNATURE.sub(rf"\g<1>{REDACTED}", text)
+        return _HEADER.sub(rf"\g<1>{REDACTED}", text)
+
+    def redact_value(self, value: object) -> object:
+        """``value`` with its strings redacted, through dicts, lists, tuples and sets."""
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            return {key: self.redact_value(item) for key, item in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return type(value)(self.redact_value(item) for item in value)
+        # Anything else is rendered by repr() later; the pass over the rendered line covers it.
+        return value
+
+    def __call__(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+        """The structlog processor: redact every field of the event."""
+        return {key: self.redact_value(value) for key, value in event_dict.items()}
+
+    def rendered(self, _logger: WrappedLogger, _method_name: str, line: EventDict | str) -> str:
+        """The last processor: redact the rendered line itself."""
+        if not isinstance(line, str):  # pragma: no cover - the renderers before it return str
+            raise TypeError(f"expected a rendered line, got {type(line).__name__}")
+        return self.redact_text(line)
+
+
+#: The process's one redactor; ``configure_logging`` and ``set_secrets`` update it.
+REDACTOR = Redactor()
+
+
+def configure_logging(
+    log_format: LogFormat = "auto",
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+    *,
+    level: int | str = logging.INFO,
+) -> None:
+    """Send structlog events and stdlib records to ``stream`` (default ``sys.stdout``).
+
+    ``log_format`` "json" renders JSON lines, "console" the human renderer (coloured on a TTY),
+    "auto" the console on a TTY and JSON otherwise. ``secrets`` replaces the set of values
+    redacted from every line. Safe to call again (a reload): the previous handler is replaced, never
+    duplicated. ``stream`` defaults to ``sys.stdout`` as it is at call time, so test capture works.
+    """
+    out = sys.stdout if stream is None else stream
+    tty = _isatty(out)
+    console = log_format == "console" or (log_format == "auto" and tty)
+    REDACTOR.set_secrets(secrets)
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: module-level loggers must follow a reconfiguration (a reload, or
+        # structlog.testing.capture_logs in the tests); the cost is a dict lookup per line.
+        cache_logger_on_first_use=False,
+    )
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=tty) if console else structlog.processors.JSONRenderer()
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # Tracebacks become plain text before the redactor sees them. The console renderer's
+            # own (rich) tracebacks would print local variables, credentials among them.
+            structlog.processors.format_exc_info,
+            REDACTOR,
+            renderer,
+            REDACTOR.rendered,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+
+    root = logging.getLogger()
+    for old in [existing for existing in root.handlers if existing.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()  # a StreamHandler leaves its stream open; this only unregisters it
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def set_secrets(secrets: Iterable[str]) -> None:
+    """Replace the redacted values without touching the rest (after credentials are resolved)."""
+    REDACTOR.set_secrets(secrets)
+
+
+def _isatty(stream: Any) -> bool:  # noqa: ANN401 - any file-like object, with or without isatty
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regular expression matching any of ``words``, longest first, with shared prefixes merged."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # marks the end of a word
+    return _node_pattern(trie)
+
+
+def _node_pattern(node: dict[str, Any]) -> str:
+    # Runs of single-child nodes become literal text without recursing, so the recursion depth is
+    # the number of branch points on a path, not the length of a (possibly PEM-sized) secret.
+    text: list[str] = []
+    while len(node) == 1 and "" not in node:
+        char, child = next(iter(node.items()))
+        text.append(re.escape(char))
+        node = child
+    branches = [re.escape(char) + _node_pattern(child) for char, child in sorted(node.items()) if char]
+    if not branches:
+        return "".join(text)
+    group = branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
+    if "" in node:  # a word ends here: the longer words are optional, tried first (greedy)
+        group = f"(?:{group})?" if len(branches) == 1 else f"{group}?"
+    return "".join(text) + group
