@@ -140,3 +140,43 @@ def pretrade_report(document: dict[str, Any]) -> str:
         verdict,
     ]
     return "\n".join(lines)
+
+
+def status_report(accounts: list[dict[str, Any]]) -> str:
+    """The human form of ``margin-monitor status``: an account table, then each account's positions."""
+    header = ["account", "exchange", "ratio", "level", "margin balance", "maint. margin", "positions", "note"]
+    rows = [
+        [
+            item["account"],
+            item["exchange"],
+            percent(item["margin_ratio_pct"]),
+            item["level"],
+            number(item["margin_balance"]),
+            number(item["maintenance_margin"]),
+            str(len(item["positions"])) if item["positions"] is not None else "-",
+            item.get("error") or "",
+        ]
+        for item in accounts
+    ]
+    parts = [table(header, rows)]
+    for item in accounts:
+        if not item["positions"]:
+            continue
+        thresholds = item["thresholds_pct"]
+        pos_header = ["symbol", "side", "mode", "notional", "mark", "liq. price", "distance"]
+        pos_header += [f"@{value}%" for value in thresholds]
+        pos_rows = [
+            [
+                pos["symbol"],
+                pos["side"],
+                pos["margin_mode"],
+                number(pos["notional"]),
+                price(pos["mark_price"]),
+                price(pos["liquidation_price"]),
+                percent(pos["liquidation_distance_pct"]),
+                *(price(pos["threshold_prices"][value]) for value in thresholds),
+            ]
+            for pos in item["positions"]
+        ]
+        parts.append(f"\n{item['account']}\n" + table(pos_header, pos_rows))
+    return "\n".join(parts)

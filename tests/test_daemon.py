@@ -212,7 +212,7 @@ async def test_a_hanging_fetch_times_out(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_stale_data_turns_the_account_blind_once(tmp_path: Path) -> None:
-    """Past 3 poll intervals without a good reading the account is blind (said once); a good poll clears it."""
+    """Past 3 poll intervals without a good reading the account is blind (said once); good data clears it."""
     source = ScriptedSource("acct0", snapshot(wallet=2_000.0), TemporaryExchangeError("down"))
     clock = Clock()
     daemon = Daemon(make_config(tmp_path), {"acct0": source}, clock=clock, jitter=no_jitter)
