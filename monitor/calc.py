@@ -370,7 +370,7 @@ def result_document(request: CalcRequest, assessment: Assessment) -> dict[str, A
         "thresholds_pct": [_pct(value) for value in assessment.thresholds],
         "target_ratio_pct": target * 100,
         "margin_to_add": account_margin_to_add(assessment, target) if ratio is not None else None,
-        "positions": [_position_document(assessment, item, target) for item in assessment.positions],
+        "positions": [position_document(assessment, item, target) for item in assessment.positions],
     }
     if assessment.drift is not None:
         document["drift_pct"] = {
@@ -380,7 +380,10 @@ def result_document(request: CalcRequest, assessment: Assessment) -> dict[str, A
     return document
 
 
-def _position_document(assessment: Assessment, item: PositionAssessment, target: float) -> dict[str, Any]:
+def position_document(
+    assessment: Assessment, item: PositionAssessment, target: float = DEFAULT_TARGET
+) -> dict[str, Any]:
+    """The JSON-ready figures of one assessed position (``calc --json``, ``status --json``)."""
     position = item.position
     liquidation = item.liquidation_price
     isolated = position.margin_mode is MarginMode.ISOLATED

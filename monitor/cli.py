@@ -16,6 +16,8 @@ from monitor.render import calc_report, pretrade_report
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from monitor.config import LogFormat
+
 #: Exit code for bad input (a file, a flag): the user must fix something.
 EXIT_USAGE = 2
 
@@ -51,14 +53,54 @@ def build_parser() -> argparse.ArgumentParser:
     trade.add_argument("--stop-loss", type=float, help="planned stop-loss price")
     trade.add_argument("--wallet", type=float, help="cross wallet balance (implies --margin-mode cross)")
     trade.add_argument("--margin-mode", choices=["cross", "isolated"])
+
+    run = commands.add_parser("run", help="run the daemon: poll every account and log its margin ratio")
+    run.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+
+    check = commands.add_parser("check-config", help="validate a configuration and read its secrets")
+    check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+
+    status = commands.add_parser("status", help="poll every account once and print ratios and prices")
+    status.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    demo = commands.add_parser(
+        "demo", help="the simulated exchange with a crash, and the daemon watching it (no keys, no files)"
+    )
+    demo.add_argument("--tick", type=_positive, default=1.0, metavar="S", help="seconds per scenario step")
+    demo.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+
+    sim = commands.add_parser("sim", help="run the simulated exchange alone, for a config to aim at")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--scenario", default="crash", help="crash, recovery, bleed or flat")
+    sim.add_argument("--tick", type=_positive, default=1.0, metavar="S", help="seconds per scenario step")
+    sim.add_argument("--accounts", type=int, default=0, metavar="N", help="extra bulk accounts")
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"calc": _calc}
+    commands = {
+        "calc": _calc,
+        "run": _run,
+        "check-config": _check_config,
+        "status": _status,
+        "demo": _demo,
+        "sim": _sim,
+    }
     try:
         return commands[args.command](parser, args)
     except UserInputError as exc:
@@ -95,6 +137,52 @@ def _calc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     request = parse_request(_load_json(args.input), source=args.input)
     document = run_calc(request)
     print(json.dumps(document, indent=2) if args.json else calc_report(document))
+    return 0
+
+
+def _run(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from monitor.service.app import run_command  # noqa: PLC0415 - keeps `calc` free of ccxt's import time
+
+    return run_command(args.config)
+
+
+def _check_config(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from monitor.config import check_config  # noqa: PLC0415 - keeps `calc` free of ccxt's import time
+
+    print(check_config(args.config))
+    return 0
+
+
+def _status(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - only the network commands need the event loop
+
+    from monitor.render import status_report  # noqa: PLC0415
+    from monitor.service.app import load_with_credentials, status_once  # noqa: PLC0415
+    from monitor.service.logs import configure_logging  # noqa: PLC0415
+
+    config, credentials = load_with_credentials(args.config)
+    # Poll failures still log (to stderr here, so that stdout stays a clean table or document).
+    configure_logging(config.daemon.log_format, stream=sys.stderr)
+    documents = asyncio.run(status_once(config, credentials))
+    print(json.dumps(documents, indent=2) if args.json else status_report(documents))
+    return (
+        0 if all(item["margin_ratio_pct"] is not None or item["error"] is None for item in documents) else 1
+    )
+
+
+def _demo(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from monitor.service.app import demo_command  # noqa: PLC0415
+
+    log_format: LogFormat = args.log_format  # argparse restricted it to the three choices
+    return demo_command(tick_s=args.tick, log_format=log_format)
+
+
+def _sim(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from monitor.sim import run_standalone  # noqa: PLC0415
+
+    run_standalone(
+        host=args.host, port=args.port, scenario=args.scenario, tick_s=args.tick, bulk=args.accounts
+    )
     return 0
 
 

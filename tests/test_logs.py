@@ -74,7 +74,7 @@ def test_json_lines_carry_timestamp_level_logger_event() -> None:
     )
     (line,) = json_lines(stream)
     assert line["event"] == "account.assessed"
-    assert line["level"] == "info"
+    assert line["log_level"] == "info"
     assert line["logger"] == "monitor.service.daemon"
     assert (line["account"], line["margin_ratio_pct"]) == ("main", 182.4)
     timestamp = line["timestamp"]
@@ -88,7 +88,7 @@ def test_json_is_forced_on_a_terminal() -> None:
     stream = FakeTTY()
     configure_logging("json", stream)
     structlog.get_logger("monitor").warning("account.blind", account="main")
-    assert json_lines(stream)[0]["level"] == "warning"
+    assert json_lines(stream)[0]["log_level"] == "warning"
 
 
 def test_console_on_a_terminal() -> None:
@@ -158,7 +158,7 @@ def test_third_party_records_share_the_pipeline_at_warning() -> None:
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(f"{name}.sub").info("chatter")
         logging.getLogger(name).warning("%s is unhappy", name)
-    assert [(line["logger"], line["event"], line["level"]) for line in json_lines(stream)] == [
+    assert [(line["logger"], line["event"], line["log_level"]) for line in json_lines(stream)] == [
         (name, f"{name} is unhappy", "warning") for name in THIRD_PARTY_LOGGERS
     ]
 

@@ -89,6 +89,7 @@ class Daemon:
         self._clock = clock
         self._jitter = jitter
         self._poll_timeout_s = poll_timeout_s
+        self._in_flight: set[asyncio.Task[Any]] = set()
         self._scheduler: AsyncIOScheduler | None = None
 
     # --- one poll -------------------------------------------------------------------------------
@@ -101,6 +102,11 @@ class Daemon:
             return None
         started = time.perf_counter()
         state.polls += 1
+        current = asyncio.current_task()
+        if current is not None:
+            # Shutdown waits for polls in flight before closing their clients under them.
+            self._in_flight.add(current)
+            current.add_done_callback(self._in_flight.discard)
         try:
             async with asyncio.timeout(self._poll_timeout(state)):
                 fetched = await state.source.fetch()
@@ -308,6 +314,9 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        in_flight = self._in_flight - {asyncio.current_task()}
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=CLOSE_TIMEOUT_S)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await asyncio.gather(

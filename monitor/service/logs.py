@@ -134,7 +134,7 @@ def configure_logging(
 
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
+        add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -151,8 +151,10 @@ def configure_logging(
         # structlog.testing.capture_logs in the tests); the cost is a dict lookup per line.
         cache_logger_on_first_use=False,
     )
-    renderer: Processor = (
-        structlog.dev.ConsoleRenderer(colors=tty) if console else structlog.processors.JSONRenderer()
+    renderers: list[Processor] = (
+        [_console_columns, structlog.dev.ConsoleRenderer(colors=tty)]
+        if console
+        else [structlog.processors.JSONRenderer()]
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
@@ -162,7 +164,7 @@ def configure_logging(
             # own (rich) tracebacks would print local variables, credentials among them.
             structlog.processors.format_exc_info,
             REDACTOR,
-            renderer,
+            *renderers,
             REDACTOR.rendered,
         ],
     )
@@ -178,6 +180,29 @@ def configure_logging(
     root.setLevel(level)
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+#: Where a line's severity goes. ``level`` is the trader's word for how close an account is to
+#: liquidation (the canonical ``account.assessed`` line carries it), so severity takes another key.
+LOG_LEVEL_KEY = "log_level"
+
+
+def add_log_level(_logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """Record the line's severity under ``log_level``, leaving ``level`` to the risk level."""
+    event_dict[LOG_LEVEL_KEY] = "warning" if method_name == "warn" else method_name
+    if method_name == "exception":
+        event_dict[LOG_LEVEL_KEY] = "error"
+    return event_dict
+
+
+def _console_columns(_logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
+    # The console renderer shows ``level`` in its severity column: give it the severity there, and
+    # show the risk level as an ordinary field.
+    risk = event_dict.pop("level", None)
+    if risk is not None:
+        event_dict["risk_level"] = risk
+    event_dict["level"] = event_dict.pop(LOG_LEVEL_KEY, "info")
+    return event_dict
 
 
 def set_secrets(secrets: Iterable[str]) -> None:
