@@ -311,12 +311,16 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop scheduling and close every source, within ``CLOSE_TIMEOUT_S``."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            # Pause first: shutting APScheduler's asyncio executor down cancels the jobs it runs,
+            # and a poll cancelled mid-request logs a traceback for nothing. Let them finish.
+            scheduler.pause()
         in_flight = self._in_flight - {asyncio.current_task()}
         if in_flight:
             await asyncio.wait(in_flight, timeout=CLOSE_TIMEOUT_S)
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await asyncio.gather(
