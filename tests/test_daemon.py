@@ -16,7 +16,7 @@ from monitor.config import load_config
 from monitor.errors import ClockSkewError, PayloadError, RateLimitedError, TemporaryExchangeError
 from monitor.exchanges.base import FetchedAccount
 from monitor.risk import AccountSnapshot, Position, ReportedFigures, Side, TierSpec, TierTable
-from monitor.service.daemon import BLIND, UNKNOWN, Daemon
+from monitor.service.daemon import BLIND, DRIFT_POLLS, UNKNOWN, Daemon
 from structlog.testing import capture_logs
 
 if TYPE_CHECKING:
@@ -255,17 +255,32 @@ async def test_drift_warns_once_until_it_clears(tmp_path: Path) -> None:
     """A drift above the tolerance warns once, and says when it clears."""
     off = ReportedFigures(maintenance_margin=990.0)  # ours is 1,000: 1.01% drift
     on = ReportedFigures(maintenance_margin=1_000.0)
-    source = ScriptedSource("acct0", snapshot(2_000.0, reported=off), snapshot(2_000.0, reported=off))
+    source = ScriptedSource("acct0", snapshot(2_000.0, reported=off))
     daemon = Daemon(make_config(tmp_path), {"acct0": source})
     with capture_logs() as logs:
-        await daemon.poll("acct0")
-        await daemon.poll("acct0")
+        for _ in range(DRIFT_POLLS + 2):
+            await daemon.poll("acct0")
         source.script = deque([snapshot(2_000.0, reported=on)])
         await daemon.poll("acct0")
     events = [line["event"] for line in logs]
     assert events.count("account.drift") == 1
+    assert events.index("account.drift") == DRIFT_POLLS  # after the DRIFT_POLLS-th assessed line
     assert events[-1] == "account.drift_cleared"
     assert logs[0]["drift_pct"] == pytest.approx(1.0101, rel=1e-3)
+
+
+@pytest.mark.asyncio
+async def test_a_passing_drift_is_not_reported(tmp_path: Path) -> None:
+    """A drift that lasts fewer than DRIFT_POLLS polls (a mark moving mid-read) stays quiet."""
+    off = ReportedFigures(maintenance_margin=990.0)
+    on = ReportedFigures(maintenance_margin=1_000.0)
+    steps = [snapshot(2_000.0, reported=off)] * (DRIFT_POLLS - 1) + [snapshot(2_000.0, reported=on)]
+    source = ScriptedSource("acct0", *steps, *steps)
+    daemon = Daemon(make_config(tmp_path), {"acct0": source})
+    with capture_logs() as logs:
+        for _ in range(2 * DRIFT_POLLS):
+            await daemon.poll("acct0")
+    assert {line["event"] for line in logs} == {"account.assessed"}
 
 
 @pytest.mark.asyncio

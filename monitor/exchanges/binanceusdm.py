@@ -26,6 +26,7 @@ the brackets), or takes ``multi_assets`` from the configuration.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -280,9 +281,14 @@ class BinanceUsdmSource(RestSource):
         call = self._handle.call
         if self._tiers is None:
             self._tiers = parse_brackets(await call(BRACKETS, client.fapiPrivateGetLeverageBracket()))
-        account = await call(ACCOUNT, client.fapiPrivateV3GetAccount())
-        position_risk = await call(POSITIONS, client.fapiPrivateV3GetPositionRisk())
-        marks = mark_rows(await call(MARKS, client.fapiPublicGetPremiumIndex()))
+        # Together, so the totals, the positions and the marks describe as nearly one moment as the
+        # REST API allows (the drift check compares figures read from all three).
+        account, position_risk, premium = await asyncio.gather(
+            call(ACCOUNT, client.fapiPrivateV3GetAccount()),
+            call(POSITIONS, client.fapiPrivateV3GetPositionRisk()),
+            call(MARKS, client.fapiPublicGetPremiumIndex()),
+        )
+        marks = mark_rows(premium)
         if open_symbols(position_risk) - self._tiers.keys():
             # A symbol listed after the brackets were cached: read them again rather than fail the poll.
             self._tiers = parse_brackets(await call(BRACKETS, client.fapiPrivateGetLeverageBracket()))

@@ -38,6 +38,10 @@ BLIND = "blind"
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
 
+#: Polls in a row with a drift above tolerance before it is reported. REST reads of totals, positions
+#: and marks are a few milliseconds apart, and a mark that moves between them is not a formula drift.
+DRIFT_POLLS = 3
+
 #: How long closing every client may take on shutdown (SIGTERM must end the process within 5 s).
 CLOSE_TIMEOUT_S = 3.0
 
@@ -57,6 +61,7 @@ class AccountState:
     failures: int = 0
     backoff_until: float = 0.0
     drift_warned: bool = False
+    drifting: int = 0
     polls: int = 0
     errors: int = 0
     last_error: str | None = None
@@ -163,18 +168,22 @@ class Daemon:
     def _check_drift(self, state: AccountState, drift: float | None) -> None:
         tolerance = state.config.drift_tolerance_pct / 100
         if drift is not None and drift > tolerance:
-            if not state.drift_warned:
+            state.drifting += 1
+            if not state.drift_warned and state.drifting >= DRIFT_POLLS:
                 state.drift_warned = True
                 log.warning(
                     "account.drift",
                     account=state.name,
                     drift_pct=round(drift * 100, 4),
                     tolerance_pct=state.config.drift_tolerance_pct,
+                    polls=state.drifting,
                     hint="our maintenance margin or margin balance differs from the exchange's own figure",
                 )
-        elif state.drift_warned:
-            state.drift_warned = False
-            log.info("account.drift_cleared", account=state.name)
+        else:
+            state.drifting = 0
+            if state.drift_warned:
+                state.drift_warned = False
+                log.info("account.drift_cleared", account=state.name)
 
     async def _failed(
         self, state: AccountState, exc: ExchangeError | None, *, reason: str | None = None
@@ -251,6 +260,20 @@ class Daemon:
             await state.source.refresh_tiers()
         log.info("tiers.refresh_scheduled", accounts=len(self.accounts))
 
+    async def refresh_markets(self) -> None:
+        """Reload each exchange's market list (new and delisted contracts); failures are logged."""
+        for state in self.accounts.values():
+            refresh = getattr(state.source, "refresh_markets", None)
+            if refresh is None:
+                continue
+            try:
+                await refresh()
+            except ExchangeError as exc:
+                log.warning(
+                    "markets.refresh_failed", account=state.name, error=type(exc).__name__, detail=str(exc)
+                )
+        log.info("markets.refreshed", accounts=len(self.accounts))
+
     async def poll_all(self) -> None:
         """One poll of every account, concurrently (start-up, ``status``)."""
         async with asyncio.TaskGroup() as group:
@@ -288,6 +311,14 @@ class Daemon:
             "interval",
             id="tiers",
             hours=daemon.tier_refresh_h,
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.add_job(
+            self.refresh_markets,
+            "interval",
+            id="markets",
+            hours=daemon.market_refresh_h,
             max_instances=1,
             coalesce=True,
         )
