@@ -34,17 +34,23 @@ from monitor.sim.accounts import (
     demo_account,
 )
 from monitor.sim.binance import DROP_FIELD, BinanceApi, BinanceError, money, quantity
+from monitor.sim.bybit import BybitVenue
+from monitor.sim.coinm import CoinmVenue
 from monitor.sim.faults import Fault, FaultKind, Faults
+from monitor.sim.hyperliquid import HyperliquidVenue
 from monitor.sim.markets import markets
+from monitor.sim.okx import OkxVenue
 from monitor.sim.scenarios import ScenarioPlayer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable
     from types import TracebackType
 
+    from monitor.sim.venues import Personality
+
     Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_REST_PREFIXES = ("/fapi/", "/sapi/", "/api/", "/v5/")
+_REST_PREFIXES = ("/fapi/", "/sapi/", "/api/", "/v5/", "/dapi/", "/info")
 _MARGIN_CALL_RATIO = 1.25  # Binance warns at a native ratio (MM / margin balance) of 80%, R = 1.25.
 
 
@@ -150,6 +156,15 @@ class SimServer:
         self.player = ScenarioPlayer(scenario, driver, self.marks)
         self._paused = False
         self._api = BinanceApi(self)
+        self.bybit = BybitVenue(self)
+        """The Bybit v5 personality: its accounts (``sim.bybit.accounts``) and ``sim.bybit.figures()``."""
+        self.okx = OkxVenue(self)
+        """The OKX v5 personality."""
+        self.coinm = CoinmVenue(self)
+        """The Binance COIN-M (``/dapi``) personality."""
+        self.hyperliquid = HyperliquidVenue(self)
+        """The Hyperliquid personality (``POST /info``)."""
+        self.personalities: tuple[Personality, ...] = (self.bybit, self.okx, self.coinm, self.hyperliquid)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
@@ -169,6 +184,8 @@ class SimServer:
         """Bind (port 0: a free port), then start the scenario and the mark-price pusher."""
         app = web.Application(middlewares=[self._middleware])
         self._api.add_routes(app)
+        for personality in self.personalities:
+            personality.add_routes(app)
         for path in (
             "/ws",
             "/ws/{tail}",
@@ -310,7 +327,10 @@ class SimServer:
         is_rest = path.startswith(_REST_PREFIXES)
         fault = self.faults.take(path, rest=is_rest)
         if fault is not None:
-            early = await self._fault_response(fault)
+            venue = next((p for p in self.personalities if path.startswith(p.prefixes)), None)
+            early = venue.fault_response(fault) if venue is not None else None
+            if early is None:
+                early = await self._fault_response(fault)
             if early is not None:
                 return early
             if fault.kind is FaultKind.MISSING_FIELD and fault.field is not None:
