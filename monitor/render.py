@@ -6,9 +6,11 @@ from typing import Any
 
 
 def number(value: float | None, *, digits: int = 2) -> str:
-    """A figure with thousands separators; ``-`` for none."""
+    """A figure with thousands separators (small coin amounts keep six decimals); ``-`` for none."""
     if value is None:
         return "-"
+    if 0 < abs(value) < 1:
+        digits = max(digits, 6)
     return f"{value:,.{digits}f}"
 
 

@@ -614,17 +614,43 @@ class SimServer:
 
 
 def config_stanza(base_url: str, ws_url: str) -> str:
-    """A margin-monitor config stanza aimed at the simulator's demo account."""
-    return (
-        "[[accounts]]\n"
-        'name = "sim-demo"\n'
-        'exchange = "binanceusdm"\n'
-        'api_key_env = "SIM_API_KEY"   # export SIM_API_KEY=' + DEMO_API_KEY + "\n"
-        'secret_env = "SIM_SECRET"     # export SIM_SECRET=' + DEMO_SECRET + "\n"
-        f'base_url = "{base_url}"\n'
-        f'ws_url = "{ws_url}"\n'
-        "poll_interval_s = 2\n"
-    )
+    """A margin-monitor config aimed at every demo account the simulator holds, one per personality."""
+    from monitor.sim.bybit import BYBIT_DEMO_API_KEY, BYBIT_DEMO_SECRET  # noqa: PLC0415 - avoids a cycle
+    from monitor.sim.hyperliquid import HYPERLIQUID_DEMO_ADDRESS  # noqa: PLC0415
+    from monitor.sim.okx import OKX_DEMO_API_KEY, OKX_DEMO_PASSPHRASE, OKX_DEMO_SECRET  # noqa: PLC0415
+
+    exports = {
+        "SIM_API_KEY": DEMO_API_KEY,
+        "SIM_SECRET": DEMO_SECRET,
+        "SIM_BYBIT_KEY": BYBIT_DEMO_API_KEY,
+        "SIM_BYBIT_SECRET": BYBIT_DEMO_SECRET,
+        "SIM_OKX_KEY": OKX_DEMO_API_KEY,
+        "SIM_OKX_SECRET": OKX_DEMO_SECRET,
+        "SIM_OKX_PASSPHRASE": OKX_DEMO_PASSPHRASE,
+    }
+    accounts = [
+        ("sim-demo", "binanceusdm", 'api_key_env = "SIM_API_KEY"\nsecret_env = "SIM_SECRET"\n', True),
+        ("sim-coinm", "binancecoinm", 'api_key_env = "SIM_API_KEY"\nsecret_env = "SIM_SECRET"\n', False),
+        ("sim-bybit", "bybit", 'api_key_env = "SIM_BYBIT_KEY"\nsecret_env = "SIM_BYBIT_SECRET"\n', False),
+        (
+            "sim-okx",
+            "okx",
+            (
+                'api_key_env = "SIM_OKX_KEY"\nsecret_env = "SIM_OKX_SECRET"\n'
+                'password_env = "SIM_OKX_PASSPHRASE"\n'
+            ),
+            False,
+        ),
+        ("sim-hyperliquid", "hyperliquid", f'wallet_address = "{HYPERLIQUID_DEMO_ADDRESS}"\n', False),
+    ]
+    lines = ["# export " + " ".join(f"{name}={value}" for name, value in exports.items()), ""]
+    for name, exchange, keys, with_ws in accounts:
+        lines.append(
+            f'[[accounts]]\nname = "{name}"\nexchange = "{exchange}"\n{keys}base_url = "{base_url}"\n'
+            + (f'ws_url = "{ws_url}"\n' if with_ws else "")
+            + "poll_interval_s = 2\n"
+        )
+    return "\n".join(lines)
 
 
 async def serve_forever(host: str, port: int, scenario: str, tick_s: float, bulk: int = 0) -> None:
