@@ -151,6 +151,7 @@ async def test_failures_are_logged_and_never_raised(tmp_path: Path) -> None:
         "account.assessed",
     ]
     assert logs[1]["field"] == "positionRisk[0].markPrice"
+    assert source.tier_refreshes == 1  # a payload error re-reads the brackets
     assert logs[3]["error"] == "ZeroDivisionError"
     assert daemon.accounts["acct0"].failures == 0
 

@@ -198,6 +198,8 @@ class Daemon:
             fields["detail"] = str(exc)
             if isinstance(exc, PayloadError):
                 fields["field"] = exc.field
+                # Cached brackets may no longer fit what the exchange sends: read them again.
+                await state.source.refresh_tiers()
             if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)
                 fields["retry_after_s"] = exc.retry_after
