@@ -105,3 +105,26 @@ class PayloadError(ExchangeError):
 
 class ConfigError(UserInputError):
     """The configuration file is wrong; ``field`` is the key (``accounts[1].secret_file``)."""
+
+
+# --- delivery ------------------------------------------------------------------------------------
+
+
+class DeliveryError(MarginMonitorError):
+    """A channel could not deliver an alert; ``channel`` names it (never its token)."""
+
+    def __init__(self, message: str, *, channel: str | None = None) -> None:
+        self.channel = channel
+        super().__init__(message)
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """Try again later: timeout, 5xx, broker down, or 429 (then ``retry_after`` seconds, if given)."""
+
+    def __init__(self, message: str, *, channel: str | None = None, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, channel=channel)
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot help (HTTP 400, 401, 403, 404: a wrong chat id, token or URL); a human must act."""

@@ -1,0 +1,1 @@
+"""The pure alert engine: levels, hysteresis, repeats, mutes, staleness; the time is an argument."""

@@ -1,0 +1,110 @@
+"""What an alert is: the record every channel formats and the outbox stores.
+
+Pure data: frozen dataclasses, JSON-ready through ``to_dict``/``from_dict`` (the outbox keeps alerts
+as JSON and channels read the same dict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class AlertKind(StrEnum):
+    """Why an alert was raised."""
+
+    FIRING = "firing"  # a worse level was entered
+    REPEAT = "repeat"  # the level still holds after its repeat interval
+    RECOVERED = "recovered"  # back to a better level (past the hysteresis)
+    FAST_FALL = "fast_fall"  # the ratio fell fast, even above the first threshold
+    BLIND = "blind"  # no fresh data: monitoring is blind
+    MARGIN_CALL = "margin_call"  # the exchange's own warning
+    TEST = "test"  # margin-monitor test-alert
+
+
+#: Levels from harmless to worst, as strings (alerts cross process boundaries as JSON).
+LEVEL_ORDER = ("ok", "warning", "danger", "critical", "liquidation")
+
+#: Levels that are not about the ratio; ordered apart from it.
+SPECIAL_LEVELS = ("blind", "margin_call")
+
+
+def severity(level: str) -> int:
+    """A number that grows with how urgent ``level`` is; blind ranks with critical, margin_call too."""
+    if level in LEVEL_ORDER:
+        return LEVEL_ORDER.index(level)
+    return LEVEL_ORDER.index("critical")
+
+
+@dataclass(frozen=True, slots=True)
+class PositionAtRisk:
+    """One position as an alert shows it."""
+
+    symbol: str
+    side: str
+    margin_mode: str
+    mark_price: float
+    liquidation_price: float | None
+    liquidation_distance_pct: float | None
+    next_threshold_pct: float | None
+    next_threshold_price: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SuggestedAction:
+    """What restores the target ratio: margin to add, or the part of one position to close."""
+
+    target_ratio_pct: float
+    margin_to_add: float | None
+    close_symbol: str | None = None
+    close_fraction: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One notification, identical on every channel.
+
+    ``id`` is the idempotency key (receivers drop duplicates by it). ``key`` is what the alert is
+    about: the account (cross margin) or ``account/SYMBOL/side`` (an isolated position).
+    ``created_at`` is a Unix time in seconds.
+    """
+
+    id: str
+    kind: AlertKind
+    account: str
+    exchange: str
+    key: str
+    level: str
+    created_at: float
+    previous_level: str | None = None
+    margin_ratio_pct: float | None = None
+    threshold_pct: float | None = None
+    margin_balance: float | None = None
+    maintenance_margin: float | None = None
+    positions: tuple[PositionAtRisk, ...] = ()
+    action: SuggestedAction | None = None
+    summary: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> int:
+        """How urgent this alert is (see ``severity``); a recovery ranks by the level it reached."""
+        return severity(self.level)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        document = asdict(self)
+        document["kind"] = self.kind.value
+        document["positions"] = [asdict(position) for position in self.positions]
+        return document
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> Alert:
+        """The inverse of ``to_dict``."""
+        data = dict(document)
+        data["kind"] = AlertKind(data["kind"])
+        data["positions"] = tuple(PositionAtRisk(**item) for item in data.get("positions", ()))
+        action = data.get("action")
+        data["action"] = None if action is None else SuggestedAction(**action)
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""Durable delivery of alerts: the outbox, the dispatcher, and one module per channel."""

@@ -1,0 +1,52 @@
+"""What every channel provides to the dispatcher."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from monitor.alerts.model import Alert
+
+
+class Channel(Protocol):
+    """A place alerts go: Telegram, MQTT, ntfy, Pushover, a webhook, the log.
+
+    ``send`` delivers one alert or raises ``TemporaryDeliveryError`` (retry, after ``retry_after``
+    when the peer said so) or ``PermanentDeliveryError`` (do not retry). It must carry
+    ``alert.id`` in what it sends, so receivers can drop the duplicates at-least-once delivery
+    allows. ``start``/``close`` open and release connections; both are safe to call twice.
+    """
+
+    name: str
+    type: str
+    min_level: str
+    accounts: frozenset[str] | None
+
+    async def start(self) -> None:
+        """Open connections (MQTT), or nothing."""
+        ...
+
+    async def send(self, alert: Alert) -> None:
+        """Deliver ``alert`` or raise a ``DeliveryError``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def wants(channel: Channel, alert: Alert) -> bool:
+    """Whether ``channel`` takes ``alert``: its account filter and minimum level.
+
+    A recovery notice goes wherever the alert it ends went, so it is judged by the level it
+    recovered from; test alerts go everywhere.
+    """
+    from monitor.alerts.model import AlertKind, severity  # noqa: PLC0415 - keep this module import-light
+
+    if channel.accounts is not None and alert.account not in channel.accounts:
+        return False
+    if alert.kind is AlertKind.TEST:
+        return True
+    recovered = alert.kind is AlertKind.RECOVERED and alert.previous_level
+    level = alert.previous_level if recovered and alert.previous_level else alert.level
+    return severity(level) >= severity(channel.min_level)
