@@ -20,6 +20,7 @@ class AlertKind(StrEnum):
     FAST_FALL = "fast_fall"  # the ratio fell fast, even above the first threshold
     BLIND = "blind"  # no fresh data: monitoring is blind
     MARGIN_CALL = "margin_call"  # the exchange's own warning
+    RESTORED = "restored"  # fresh data after blind: the true level, never called a recovery
     TEST = "test"  # margin-monitor test-alert
 
 
