@@ -91,9 +91,55 @@ _ACCOUNT_KEYS = (
     "drift_tolerance_pct",
     "mode",
 )
-_ALERTS_KEYS = ("thresholds_pct", "stale_after_polls")
+_ALERTS_KEYS = (
+    "thresholds_pct",
+    "stale_after_polls",
+    "hysteresis_pct",
+    "repeat_warning_min",
+    "repeat_danger_min",
+    "repeat_critical_min",
+    "fast_fall_pct",
+    "fast_fall_window_s",
+    "target_ratio_pct",
+    "max_alert_age_s",
+)
 _DAEMON_KEYS = ("state_dir", "log_format", "tier_refresh_h", "market_refresh_h")
-_TOP_KEYS = ("accounts", "alerts", "daemon")
+_TOP_KEYS = ("accounts", "alerts", "daemon", "channels")
+
+LEVELS = ("ok", "warning", "danger", "critical", "liquidation")
+CHANNEL_TYPES = ("log", "telegram", "mqtt", "ntfy", "pushover", "webhook")
+#: Per channel type: its own keys (beyond type, name, min_level, accounts), the secrets it reads
+#: (each as NAME_env or NAME_file), which of those are required, and its default minimum level.
+_CHANNEL_KEYS: Mapping[str, tuple[str, ...]] = {
+    "log": (),
+    "telegram": ("chat_ids", "api_url", "commands", "min_interval_s"),
+    "mqtt": (
+        "host",
+        "port",
+        "topic_prefix",
+        "tls",
+        "ca_file",
+        "client_id",
+        "discovery",
+        "discovery_prefix",
+    ),
+    "ntfy": ("url", "topic"),
+    "pushover": ("api_url", "emergency_retry_s", "emergency_expire_s"),
+    "webhook": ("url",),
+}
+_CHANNEL_SECRETS: Mapping[str, tuple[str, ...]] = {
+    "log": (),
+    "telegram": ("bot_token",),
+    "mqtt": ("username", "password"),
+    "ntfy": ("token",),
+    "pushover": ("token", "user_key"),
+    "webhook": ("bearer_token",),
+}
+_CHANNEL_REQUIRED_SECRETS: Mapping[str, tuple[str, ...]] = {
+    "telegram": ("bot_token",),
+    "pushover": ("token", "user_key"),
+}
+_CHANNEL_DEFAULT_LEVEL: Mapping[str, str] = {"log": "ok", "mqtt": "ok"}
 
 
 # --- the schema -----------------------------------------------------------------------------------
@@ -108,7 +154,7 @@ class SecretRef:
     made absolute against the configuration file's directory).
     """
 
-    name: SecretName
+    name: str
     kind: SecretKind
     reference: str
 
@@ -162,6 +208,14 @@ class AlertsConfig:
 
     thresholds_pct: tuple[float, ...] = DEFAULT_THRESHOLDS_PCT
     stale_after_polls: int = DEFAULT_STALE_AFTER_POLLS
+    hysteresis_pct: float = 5.0
+    repeat_warning_min: float = 240.0
+    repeat_danger_min: float = 30.0
+    repeat_critical_min: float = 5.0
+    fast_fall_pct: float = 30.0
+    fast_fall_window_s: float = 300.0
+    target_ratio_pct: float = 200.0
+    max_alert_age_s: float = 3600.0
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -180,6 +234,30 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelConfig:
+    """One ``[[channels]]`` table: where alerts go.
+
+    ``options`` holds the type's own keys as validated values; ``secrets`` maps a secret's name
+    (``bot_token``, ``password``...) to where it is read from (``resolve_channel_secrets``).
+    ``accounts`` limits the channel to those accounts (``None``: all).
+    """
+
+    name: str
+    type: str
+    min_level: str
+    accounts: frozenset[str] | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+    secrets: Mapping[str, SecretRef] = field(default_factory=dict)
+    index: int = field(default=0, compare=False)
+    source: str | None = field(default=None, compare=False)
+
+    @property
+    def key_path(self) -> str:
+        """``channels[i]``, the prefix of every error about this channel."""
+        return f"channels[{self.index}]"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole configuration file, validated; ``path`` is the file it was read from."""
 
@@ -187,6 +265,7 @@ class Config:
     alerts: AlertsConfig
     daemon: DaemonConfig
     path: Path
+    channels: tuple[ChannelConfig, ...] = ()
 
     def account(self, name: str) -> AccountConfig:
         """The account called ``name``; ``KeyError`` when there is none."""
@@ -279,6 +358,17 @@ def resolve_credentials(account: AccountConfig, environ: Mapping[str, str] = os.
     return Credentials(**values)
 
 
+def resolve_channel_secrets(
+    channel: ChannelConfig, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
+    """Read a channel's secrets (bot token, passwords...) as ``resolve_credentials`` reads an account's."""
+    values: dict[str, str] = {}
+    for name, ref in channel.secrets.items():
+        read = _read_env if ref.kind == "env" else _read_file
+        values[name] = read(channel, ref, environ)
+    return values
+
+
 def check_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> str:
     """Load ``path``, resolve every account's credentials, and return a one-line summary.
 
@@ -289,6 +379,8 @@ def check_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | N
     config = load_config(path, environ=env)
     for account in config.accounts:
         resolve_credentials(account, env)
+    for channel in config.channels:
+        resolve_channel_secrets(channel, env)
     per_exchange = Counter(account.exchange for account in config.accounts)
     exchanges = ", ".join(f"{count} {exchange}" for exchange, count in sorted(per_exchange.items()))
     count = len(config.accounts)
@@ -297,6 +389,8 @@ def check_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | N
         f"thresholds {'/'.join(f'{pct:g}' for pct in config.alerts.thresholds_pct)}%, "
         f"state in {config.daemon.state_dir}"
     )
+    if config.channels:
+        summary += f"; channels: {', '.join(f'{c.name} ({c.type})' for c in config.channels)}"
     approximate = sorted({account.exchange for account in config.accounts if account.approximate})
     if approximate:
         summary += f"; approximate figures (generic ccxt fields) for {', '.join(approximate)}"
@@ -336,7 +430,146 @@ class _Parser:
         accounts = self.accounts(document.get("accounts"))
         alerts = self.alerts(self.table(document, "alerts"))
         daemon = self.daemon(self.table(document, "daemon"))
-        return Config(accounts=accounts, alerts=alerts, daemon=daemon, path=file)
+        channels = self.channels(document.get("channels"), {account.name for account in accounts})
+        return Config(accounts=accounts, alerts=alerts, daemon=daemon, path=file, channels=channels)
+
+    def channels(self, value: object, account_names: set[str]) -> tuple[ChannelConfig, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise self.error("channels", "must be an array of tables ([[channels]])")
+        channels: list[ChannelConfig] = []
+        seen: dict[str, int] = {}
+        for index, table in enumerate(cast("list[dict[str, object]]", value)):
+            channel = self.channel(index, table, account_names)
+            if channel.name in seen:
+                raise self.error(
+                    f"channels[{index}].name",
+                    f"duplicate channel name '{channel.name}' (also channels[{seen[channel.name]}])",
+                )
+            seen[channel.name] = index
+            channels.append(channel)
+        return tuple(channels)
+
+    def channel(self, index: int, table: dict[str, object], account_names: set[str]) -> ChannelConfig:
+        prefix = f"channels[{index}]."
+        read = _Reader(self, table, prefix)
+        kind = read.required_string("type")
+        if kind not in CHANNEL_TYPES:
+            raise self.error(
+                prefix + "type", f"unknown channel type '{kind}' (one of {', '.join(CHANNEL_TYPES)})"
+            )
+        secret_names = _CHANNEL_SECRETS[kind]
+        own = _CHANNEL_KEYS[kind]
+        known = ("type", "name", "min_level", "accounts", *own)
+        known += tuple(f"{name}_{how}" for name in secret_names for how in ("env", "file"))
+        self.reject_unknown(table, prefix, known)
+        name = read.optional_string("name") or kind
+        if not _ACCOUNT_NAME.fullmatch(name):
+            raise self.error(prefix + "name", f"'{name}' may only hold letters, digits, '_', '.' and '-'")
+        min_level = read.choice("min_level", LEVELS, default=_CHANNEL_DEFAULT_LEVEL.get(kind, "warning"))
+        accounts: frozenset[str] | None = None
+        if "accounts" in table:
+            listed = table["accounts"]
+            if not isinstance(listed, list) or not all(isinstance(item, str) for item in listed):
+                raise self.error(prefix + "accounts", "must be a list of account names")
+            unknown = sorted(set(cast("list[str]", listed)) - account_names)
+            if unknown:
+                raise self.error(prefix + "accounts", f"no account named {', '.join(unknown)}")
+            accounts = frozenset(cast("list[str]", listed))
+        secrets: dict[str, SecretRef] = {}
+        for secret in secret_names:
+            ref = self.channel_secret(read, secret)
+            if ref is not None:
+                secrets[secret] = ref
+        for secret in _CHANNEL_REQUIRED_SECRETS.get(kind, ()):
+            if secret not in secrets:
+                raise self.error(
+                    f"{prefix}{secret}_env", f"missing: a {kind} channel needs {secret}_env or {secret}_file"
+                )
+        options = self.channel_options(kind, read, prefix)
+        return ChannelConfig(
+            name=name,
+            type=kind,
+            min_level=min_level,
+            accounts=accounts,
+            options=options,
+            secrets=secrets,
+            index=index,
+            source=self.source,
+        )
+
+    def channel_secret(self, read: _Reader, secret: str) -> SecretRef | None:
+        env_key, file_key = f"{secret}_env", f"{secret}_file"
+        env = read.optional_string(env_key)
+        file = read.optional_string(file_key)
+        if env is not None and file is not None:
+            raise self.error(read.prefix + file_key, f"set either {env_key} or {file_key}, not both")
+        if env is not None:
+            if not _ENV_NAME.fullmatch(env):
+                raise self.error(
+                    read.prefix + env_key,
+                    "must name an environment variable in upper case; "
+                    "the secret itself belongs in the environment",
+                )
+            return SecretRef(secret, "env", env)
+        if file is not None:
+            return SecretRef(secret, "file", self.secret_path(read.prefix + file_key, file))
+        return None
+
+    def channel_options(self, kind: str, read: _Reader, prefix: str) -> dict[str, object]:
+        table = read.table
+        options: dict[str, object] = {}
+        if kind == "telegram":
+            ids = table.get("chat_ids")
+            if (
+                not isinstance(ids, list)
+                or not ids
+                or not all(isinstance(i, int | str) and not isinstance(i, bool) for i in ids)
+            ):
+                raise self.error(
+                    prefix + "chat_ids", "must be a non-empty list of chat ids (numbers or @channel names)"
+                )
+            options["chat_ids"] = tuple(cast("list[int | str]", ids))
+            options["api_url"] = self.url_option(read, "api_url", "https://api.telegram.org")
+            options["commands"] = read.boolean("commands", default=True)
+            options["min_interval_s"] = read.number("min_interval_s", default=1.0, at_least=0.0, at_most=60.0)
+        elif kind == "mqtt":
+            options["host"] = read.required_string("host")
+            options["port"] = read.integer("port", default=1883, at_least=1, at_most=65535)
+            prefix_value = read.optional_string("topic_prefix") or "margin-monitor"
+            if any(char in prefix_value for char in "+#") or prefix_value.startswith("/"):
+                raise self.error(prefix + "topic_prefix", "must not hold + or # nor start with /")
+            options["topic_prefix"] = prefix_value
+            options["tls"] = read.boolean("tls", default=False)
+            ca_file = read.optional_string("ca_file")
+            options["ca_file"] = None if ca_file is None else self.secret_path(prefix + "ca_file", ca_file)
+            options["client_id"] = read.optional_string("client_id")
+            options["discovery"] = read.boolean("discovery", default=True)
+            options["discovery_prefix"] = read.optional_string("discovery_prefix") or "homeassistant"
+        elif kind == "ntfy":
+            options["url"] = self.url_option(read, "url", "https://ntfy.sh")
+            options["topic"] = read.required_string("topic")
+        elif kind == "pushover":
+            options["api_url"] = self.url_option(read, "api_url", "https://api.pushover.net")
+            options["emergency_retry_s"] = read.integer(
+                "emergency_retry_s", default=60, at_least=30, at_most=10800
+            )
+            options["emergency_expire_s"] = read.integer(
+                "emergency_expire_s", default=3600, at_least=30, at_most=10800
+            )
+        elif kind == "webhook":
+            options["url"] = self.url_option(read, "url", None)
+        return options
+
+    def url_option(self, read: _Reader, key: str, default: str | None) -> str:
+        value = read.optional_string(key)
+        if value is None:
+            if default is None:
+                raise self.error(read.prefix + key, "missing")
+            return default
+        _check_url(self, read.prefix + key, value, ("http", "https"))
+        return value.rstrip("/")
 
     # -- tables --
 
@@ -515,7 +748,19 @@ class _Parser:
         if "thresholds_pct" in table:
             thresholds_pct = self.thresholds(table["thresholds_pct"])
         stale = read.integer("stale_after_polls", default=DEFAULT_STALE_AFTER_POLLS, at_least=1, at_most=1000)
-        return AlertsConfig(thresholds_pct=thresholds_pct, stale_after_polls=stale)
+        day = 24 * 60.0
+        return AlertsConfig(
+            thresholds_pct=thresholds_pct,
+            stale_after_polls=stale,
+            hysteresis_pct=read.number("hysteresis_pct", default=5.0, at_least=0.0, at_most=100.0),
+            repeat_warning_min=read.number("repeat_warning_min", default=240.0, above=0.0, at_most=day),
+            repeat_danger_min=read.number("repeat_danger_min", default=30.0, above=0.0, at_most=day),
+            repeat_critical_min=read.number("repeat_critical_min", default=5.0, above=0.0, at_most=day),
+            fast_fall_pct=read.number("fast_fall_pct", default=30.0, above=0.0, at_most=10_000.0),
+            fast_fall_window_s=read.number("fast_fall_window_s", default=300.0, above=0.0, at_most=day * 60),
+            target_ratio_pct=read.number("target_ratio_pct", default=200.0, above=100.0, at_most=100_000.0),
+            max_alert_age_s=read.number("max_alert_age_s", default=3600.0, above=0.0, at_most=7 * day * 60),
+        )
 
     def thresholds(self, value: object) -> tuple[float, ...]:
         key = "alerts.thresholds_pct"
@@ -667,7 +912,7 @@ def _check_url(parser: _Parser, key: str, url: str, schemes: tuple[str, ...]) ->
     del port  # read only for its validation (urlsplit raises on a port out of range)
 
 
-def _read_env(account: AccountConfig, ref: SecretRef, environ: Mapping[str, str]) -> str:
+def _read_env(account: AccountConfig | ChannelConfig, ref: SecretRef, environ: Mapping[str, str]) -> str:
     value = environ.get(ref.reference)
     if value is None:
         raise ConfigError(
@@ -685,7 +930,7 @@ def _read_env(account: AccountConfig, ref: SecretRef, environ: Mapping[str, str]
     return value
 
 
-def _read_file(account: AccountConfig, ref: SecretRef, environ: Mapping[str, str]) -> str:
+def _read_file(account: AccountConfig | ChannelConfig, ref: SecretRef, environ: Mapping[str, str]) -> str:
     key = f"{account.key_path}.{ref.key}"
 
     def fail(problem: str) -> ConfigError:
