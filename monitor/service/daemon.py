@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from monitor.config import AccountConfig, Config
     from monitor.exchanges.base import AccountSource, FetchedAccount
     from monitor.risk.model import Assessment
+    from monitor.service.alerting import Alerting
 
 #: The level an account has before its first assessment, and while its data is too old to trust.
 UNKNOWN = "unknown"
@@ -84,6 +85,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
         poll_timeout_s: float | None = None,
+        alerting: Alerting | None = None,
     ) -> None:
         self.config = config
         self.thresholds = tuple(value / 100 for value in config.alerts.thresholds_pct)
@@ -95,6 +97,9 @@ class Daemon:
         self._jitter = jitter
         self._poll_timeout_s = poll_timeout_s
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self.alerting = alerting
+        #: Called with (account, exchange, assessment) after each good poll (the MQTT state topic).
+        self.listeners: list[Callable[[str, str, Assessment], None]] = []
         self._scheduler: AsyncIOScheduler | None = None
 
     # --- one poll -------------------------------------------------------------------------------
@@ -127,7 +132,20 @@ class Daemon:
             await self._failed(state, None, reason=type(exc).__name__)
             return None
         self._assessed(state, fetched, assessment, latency_ms=(time.perf_counter() - started) * 1000)
+        await self._after_assessment(state, assessment)
         return assessment
+
+    async def _after_assessment(self, state: AccountState, assessment: Assessment) -> None:
+        for listener in self.listeners:
+            try:
+                listener(state.name, state.config.exchange, assessment)
+            except Exception:
+                log.exception("daemon.listener_failed", account=state.name)
+        if self.alerting is not None:
+            try:
+                await self.alerting.assessed(state.name, state.config.exchange, assessment)
+            except Exception:
+                log.exception("alerts.failed", account=state.name)
 
     def _poll_timeout(self, state: AccountState) -> float:
         # A poll must end, or the account would go blind without a word on why.
@@ -254,6 +272,20 @@ class Daemon:
                     )
         return blind
 
+    async def staleness_job(self) -> None:
+        """The scheduled staleness check: blind accounts also go through the alert engine."""
+        blind = self.check_staleness()
+        if self.alerting is None:
+            return
+        now = self._clock()
+        for name in blind:
+            state = self.accounts[name]
+            since = state.last_good if state.last_good is not None else state.started
+            try:
+                await self.alerting.blind(name, state.config.exchange, round(now - since, 3))
+            except Exception:
+                log.exception("alerts.failed", account=name)
+
     # --- running --------------------------------------------------------------------------------
 
     async def refresh_tiers(self) -> None:
@@ -300,7 +332,7 @@ class Daemon:
             )
         fastest = min((state.config.poll_interval_s for state in self.accounts.values()), default=10.0)
         scheduler.add_job(
-            self.check_staleness,
+            self.staleness_job,
             "interval",
             id="staleness",
             seconds=max(fastest / 2, 0.01),

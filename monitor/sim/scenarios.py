@@ -51,6 +51,20 @@ SCENARIOS: dict[str, tuple[Segment, ...]] = {
         Segment(2.00, 4, 10),
         Segment(None, 4, 6),
     ),
+    # The demo's story: the crash, then a recovery past each threshold plus the 5-point hysteresis
+    # (critical 112%, danger 127%, warning 142%, ok 200%), then back to the initial marks.
+    "crash-recovery": (
+        Segment(None, 0, 6),
+        Segment(1.40, 4, 10),
+        Segment(1.25, 3, 10),
+        Segment(1.10, 3, 10),
+        Segment(0.95, 3, 10),
+        Segment(1.12, 3, 8),
+        Segment(1.27, 3, 8),
+        Segment(1.42, 3, 8),
+        Segment(2.00, 4, 8),
+        Segment(None, 4, 6),
+    ),
     # A slow slide from the initial marks to 105% over 600 ticks (10 minutes at tick_s=1).
     "bleed": (Segment(None, 0, 1), Segment(1.05, 600, 10)),
     "flat": (Segment(None, 0, 1),),
