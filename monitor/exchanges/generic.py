@@ -3,8 +3,10 @@
 This is the one adapter that reads ccxt's unified parse (risk-math.md says why the others do not):
 ``fetch_positions`` and ``fetch_balance``, and ``fetch_leverage_tiers`` where the exchange has it
 (maintenance amounts derived by the recurrence, as ccxt keeps them only in ``info``); without tiers a
-position's ``maintenanceMarginPercentage`` is used as a single tier. The wallet is the settle currency's
-``total`` balance, whose meaning (with or without unrealized PnL) differs between exchanges. Every
+position's ``maintenanceMarginPercentage`` is used as a single tier. The wallet comes from the settle
+currency's ``total`` balance, whose meaning differs between exchanges: ccxt fills it with equity
+(wallet plus unrealized PnL) on most of them (Binance's ``marginBalance``, OKX, Bitget), so the cross
+positions' PnL is taken off it, and with the wallet alone on those in ``TOTAL_IS_WALLET``. Every
 figure is therefore marked approximate (``FetchedAccount.approximate``), and no reported figures are
 given: ccxt's unified maintenance margin is exactly what the drift check must not trust.
 """
@@ -61,6 +63,11 @@ def parse_unified_tiers(tiers: object, symbol: str) -> TierTable:
     return build_tiers(where, FAMILY, specs)
 
 
+#: Exchanges whose unified ``total`` balance is the wallet without unrealized PnL (ccxt's Bybit reads
+#: ``walletBalance``; Gate documents ``total`` as the wallet). Elsewhere ``total`` is equity.
+TOTAL_IS_WALLET = frozenset({"bybit", "gate", "gateio"})
+
+
 def normalise(
     positions: object,
     balance: object,
@@ -68,6 +75,7 @@ def normalise(
     instruments: Mapping[str, Instrument],
     *,
     settle: str | None = None,
+    total_is_equity: bool = True,
 ) -> AccountSnapshot:
     """Unified positions and balance as a snapshot (approximate)."""
     parsed: list[Position] = []
@@ -119,6 +127,9 @@ def normalise(
     currency = settle or (settles[0] if settles else "USDT")
     totals = obj(obj(balance, BALANCE).get("total") or {}, BALANCE, "total")
     wallet_balance = number(totals, currency, path(BALANCE, None, "total")) if currency in totals else 0.0
+    if total_is_equity:
+        # Equity counts the cross positions' unrealized PnL, which the engine adds itself.
+        wallet_balance -= sum(p.unrealized_pnl() for p in parsed if p.margin_mode is MarginMode.CROSS)
     return AccountSnapshot(wallet_balance=wallet_balance, positions=tuple(parsed), reported=None)
 
 
@@ -152,4 +163,11 @@ class GenericSource(RestSource):
             for symbol, tiers in (fetched or {}).items():
                 if symbol in wanted:
                     self._tiers[symbol] = parse_unified_tiers(tiers, symbol)
-        return normalise(positions, balance, self._tiers, instruments, settle=self.settle)
+        return normalise(
+            positions,
+            balance,
+            self._tiers,
+            instruments,
+            settle=self.settle,
+            total_is_equity=self.settings.exchange_id not in TOTAL_IS_WALLET,
+        )
