@@ -11,7 +11,7 @@ import contextlib
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
@@ -23,22 +23,33 @@ from monitor.config import (
     load_config,
     resolve_credentials,
 )
+from monitor.durations import format_duration, parse_duration
 from monitor.exchanges.client import ClientSettings, Credentials, MarketCache
 from monitor.exchanges.factory import create_source
+from monitor.notify.dispatcher import Dispatcher
+from monitor.notify.factory import build_channels
+from monitor.notify.mqtt import MqttChannel
+from monitor.notify.mqtt import state_fields as mqtt_state_fields
+from monitor.notify.outbox import Outbox
+from monitor.notify.telegram import TelegramChannel
+from monitor.service.alerting import Alerting, policy_from
 from monitor.service.daemon import Daemon
-from monitor.service.logs import configure_logging, set_secrets
+from monitor.service.logs import REDACTOR, configure_logging
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+    from types import TracebackType
 
     from monitor.config import LogFormat
     from monitor.exchanges.base import AccountSource
+    from monitor.notify.base import Channel
     from monitor.risk.model import Assessment
 
 log = structlog.get_logger("margin_monitor.app")
 
 #: The demo's simulated account polls this often (the crash holds each level for about 10 ticks).
 DEMO_POLL_INTERVAL_S = 1.0
+DEMO_FASTEST_POLL_S = 0.3
 
 
 def load_with_credentials(path: str | Path) -> tuple[Config, dict[str, Credentials]]:
@@ -55,8 +66,17 @@ def load_with_credentials(path: str | Path) -> tuple[Config, dict[str, Credentia
             password=resolved.password,
             wallet_address=account.wallet_address,
         )
-    set_secrets(secrets)
+    add_secrets(secrets)
     return config, credentials
+
+
+_SECRETS: set[str] = set()
+
+
+def add_secrets(values: list[str] | tuple[str, ...]) -> None:
+    """Add values to what every log line redacts (accounts' keys, then channels' tokens)."""
+    _SECRETS.update(value for value in values if value)
+    REDACTOR.set_secrets(_SECRETS)
 
 
 def build_sources(
@@ -87,28 +107,135 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(signum, stop.set)
 
 
+class Alerts:
+    """The alerting pipeline around a daemon: outbox, channels, dispatcher, engine, Telegram commands.
+
+    ``async with Alerts(config, channels) as alerts`` opens the outbox in the state directory,
+    starts every channel and the dispatcher's delivery loop (a named task that never dies), and on
+    exit stops them in reverse, letting a send in flight finish.
+    """
+
+    def __init__(self, config: Config, channels: list[Channel], *, state_dir: Path | None = None) -> None:
+        self.config = config
+        self.state_dir = state_dir or config.daemon.state_dir
+        self.channels = channels
+        self.outbox: Outbox | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.alerting: Alerting | None = None
+        self.daemon: Daemon | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox.for_state_dir(self.state_dir)
+        self.dispatcher = Dispatcher(self.outbox, self.channels, max_age_s=self.config.alerts.max_alert_age_s)
+        self.alerting = Alerting(policy_from(self.config.alerts), self.dispatcher, self.state_dir)
+        for channel in self.channels:
+            await channel.start()
+        pending = self.outbox.pending_count()
+        if pending:
+            log.info("alerts.resuming", pending=pending)
+        self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+        for channel in self.channels:
+            if isinstance(channel, TelegramChannel):
+                self._tasks.append(
+                    asyncio.create_task(
+                        channel.poll_commands(self.command), name=f"telegram-commands:{channel.name}"
+                    )
+                )
+        return self
+
+    def attach(self, daemon: Daemon) -> None:
+        """Give ``daemon`` the alert engine, and MQTT channels each assessment's state."""
+        self.daemon = daemon
+        daemon.alerting = self.alerting
+        for channel in self.channels:
+            if isinstance(channel, MqttChannel):
+                daemon.listeners.append(_state_publisher(channel))
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        for task in self._tasks[1:]:
+            task.cancel()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self.channels:
+            try:
+                await channel.close()
+            except Exception:
+                log.exception("channel.close_failed", channel=channel.name)
+        if self.outbox is not None:
+            self.outbox.close()
+
+    async def command(self, command: str, args: list[str], chat_id: int | str) -> str:
+        """Answer a Telegram command from a configured chat."""
+        del chat_id
+        accounts = [account.name for account in self.config.accounts]
+        mutes = self.alerting.mutes if self.alerting is not None else None
+        if command == "status":
+            return self._status_text()
+        if command in ("mute", "unmute") and mutes is not None:
+            if not args or args[0] not in accounts:
+                usage = f"/{command} <account>" + (" <duration>" if command == "mute" else "")
+                return f"usage: {usage}\naccounts: {', '.join(accounts)}"
+            if command == "unmute":
+                return f"{args[0]} unmuted" if mutes.unmute(args[0]) else f"{args[0]} was not muted"
+            try:
+                seconds = parse_duration(args[1] if len(args) > 1 else "1h")
+            except ValueError as exc:
+                return str(exc)
+            mutes.mute(args[0], seconds)
+            log.info("account.muted", account=args[0], seconds=seconds, by="telegram")
+            return f"{args[0]} muted for {format_duration(seconds)}"
+        return (
+            "/status: every account's ratio and level\n"
+            "/mute <account> <duration>: e.g. /mute main 2h\n"
+            "/unmute <account>"
+        )
+
+    def _status_text(self) -> str:
+        if self.daemon is None:
+            return "starting"
+        lines = []
+        for name, state in self.daemon.accounts.items():
+            assessment = state.assessment
+            ratio = None if assessment is None else assessment.margin_ratio
+            shown = "-" if ratio is None else f"{ratio * 100:.1f}%"
+            lines.append(f"{name}: {shown} ({state.level})")
+        return "\n".join(lines) or "no accounts"
+
+
+def _state_publisher(channel: MqttChannel) -> Callable[[str, str, Assessment], None]:
+    def publish(account: str, exchange: str, assessment: Assessment) -> None:
+        channel.publish_state(account, exchange, mqtt_state_fields(assessment))
+
+    return publish
+
+
 async def run_daemon(
     config: Config, credentials: Mapping[str, Credentials], stop: asyncio.Event | None = None
 ) -> None:
-    """Run the daemon until ``stop`` is set (or SIGTERM/SIGINT arrives)."""
+    """Run the daemon and its alerting until ``stop`` is set (or SIGTERM/SIGINT arrives)."""
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    daemon = Daemon(config, build_sources(config, credentials))
-    await daemon.run(stop)
+    channels, secrets = build_channels(config.channels)
+    add_secrets(secrets)
+    async with Alerts(config, channels) as alerts:
+        daemon = Daemon(config, build_sources(config, credentials))
+        alerts.attach(daemon)
+        await daemon.run(stop)
 
 
 def run_command(config_path: str) -> int:
     """``margin-monitor run``: configure logging, then poll until stopped."""
     config, credentials = load_with_credentials(config_path)
-    configure_logging(
-        config.daemon.log_format, secrets=[s for c in credentials.values() for s in _secrets(c)]
-    )
+    configure_logging(config.daemon.log_format, secrets=sorted(_SECRETS))
     asyncio.run(run_daemon(config, credentials))
     return 0
-
-
-def _secrets(credentials: Credentials) -> list[str]:
-    return [value for value in (credentials.api_key, credentials.secret, credentials.password) if value]
 
 
 async def status_once(config: Config, credentials: Mapping[str, Credentials]) -> list[dict[str, Any]]:
@@ -163,34 +290,52 @@ def demo_config(base_url: str, ws_url: str, *, poll_interval_s: float, state_dir
 
 
 async def run_demo(
-    *, tick_s: float = 1.0, poll_interval_s: float = DEMO_POLL_INTERVAL_S, linger_s: float = 3.0
+    *,
+    tick_s: float = 1.0,
+    poll_interval_s: float = DEMO_POLL_INTERVAL_S,
+    linger_s: float = 3.0,
+    scenario: str = "crash-recovery",
 ) -> None:
-    """Start the simulator with the crash scenario and the daemon against it; stop when the crash is over."""
+    """The simulator's crash and recovery, the daemon watching it, alerts on the console; stops at the end.
+
+    Nothing is written where the user runs it: the alert state and outbox live in a temporary
+    directory removed on exit.
+    """
+    import tempfile  # noqa: PLC0415 - only the demo needs it
+
+    from monitor.notify.log import LogChannel  # noqa: PLC0415
     from monitor.sim import DEMO_API_KEY, DEMO_SECRET, SimServer  # noqa: PLC0415 - only the demo needs the simulator
 
-    async with SimServer(scenario="crash", tick_s=tick_s) as sim:
-        config = demo_config(sim.base_url, sim.ws_url, poll_interval_s=poll_interval_s, state_dir=Path.cwd())
-        credentials = {"demo": Credentials(api_key=DEMO_API_KEY, secret=DEMO_SECRET)}
-        log.info(
-            "demo.started",
-            simulator=sim.base_url,
-            scenario="crash",
-            ticks=sim.player.length,
-            tick_s=tick_s,
-            hint="the demo account's ratio falls through 150%, 130%, 120% and 100%; Ctrl-C stops it",
-        )
-        stop = asyncio.Event()
-        _stop_on_signals(stop)
-        daemon = Daemon(config, build_sources(config, credentials))
-        task = asyncio.create_task(daemon.run(stop), name="daemon")
-        finished = asyncio.create_task(_crash_over(sim, linger_s), name="demo-timer")
-        stopped = asyncio.create_task(stop.wait(), name="demo-stop")
-        await asyncio.wait({task, finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        for pending in (finished, stopped):
-            pending.cancel()
-        await task
-        log.info("demo.finished", final_level=daemon.accounts["demo"].level, truth=_truth(sim))
+    with tempfile.TemporaryDirectory(prefix="margin-monitor-demo-") as state:
+        async with SimServer(scenario=scenario, tick_s=tick_s) as sim:
+            config = demo_config(
+                sim.base_url, sim.ws_url, poll_interval_s=poll_interval_s, state_dir=Path(state)
+            )
+            credentials = {"demo": Credentials(api_key=DEMO_API_KEY, secret=DEMO_SECRET)}
+            log.info(
+                "demo.started",
+                simulator=sim.base_url,
+                scenario=scenario,
+                ticks=sim.player.length,
+                tick_s=tick_s,
+                hint="the demo account falls through 150, 130, 120 and 100%, then recovers; Ctrl-C stops",
+            )
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            async with Alerts(config, [LogChannel()]) as alerts:
+                daemon = Daemon(config, build_sources(config, credentials))
+                alerts.attach(daemon)
+                task = asyncio.create_task(daemon.run(stop), name="daemon")
+                finished = asyncio.create_task(_crash_over(sim, linger_s), name="demo-timer")
+                stopped = asyncio.create_task(stop.wait(), name="demo-stop")
+                await asyncio.wait({task, finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stop.set()
+                for pending in (finished, stopped):
+                    pending.cancel()
+                await task
+                if alerts.dispatcher is not None:
+                    await alerts.dispatcher.drain(5.0)
+            log.info("demo.finished", final_level=daemon.accounts["demo"].level, truth=_truth(sim))
 
 
 async def _crash_over(sim: Any, linger_s: float) -> None:  # noqa: ANN401 - the simulator, imported lazily
@@ -206,7 +351,10 @@ def _truth(sim: Any) -> float | None:  # noqa: ANN401 - the simulator, imported 
 def demo_command(*, tick_s: float, log_format: LogFormat) -> int:
     """``margin-monitor demo``."""
     configure_logging(log_format)
-    asyncio.run(run_demo(tick_s=tick_s, poll_interval_s=max(min(DEMO_POLL_INTERVAL_S, tick_s), 0.01)))
+    # A poll takes about 0.15 s (ccxt paces its requests even to the local simulator): polling faster
+    # than that would only make the account look blind.
+    poll_interval_s = min(DEMO_POLL_INTERVAL_S, max(tick_s, DEMO_FASTEST_POLL_S))
+    asyncio.run(run_demo(tick_s=tick_s, poll_interval_s=poll_interval_s))
     return 0
 
 
