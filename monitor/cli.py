@@ -70,6 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tick", type=_positive, default=1.0, metavar="S", help="seconds per scenario step")
     demo.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
 
+    test_alert = commands.add_parser("test-alert", help="send one test alert through each channel")
+    test_alert.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    test_alert.add_argument("--channel", metavar="NAME", help="only this channel")
+
+    for verb, what in (("mute", "silence an account's alerts for a while"), ("unmute", "end a mute")):
+        mute = commands.add_parser(verb, help=what)
+        mute.add_argument("account", metavar="ACCOUNT")
+        if verb == "mute":
+            mute.add_argument(
+                "--for", dest="duration", default="1h", metavar="DURATION", help="e.g. 30m, 2h (1h)"
+            )
+        mute.add_argument("--config", metavar="FILE", help="TOML configuration (for its state_dir)")
+
+    alerts = commands.add_parser("alerts", help="the alerts raised recently and where each delivery stands")
+    alerts.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
+    alerts.add_argument("--since", default="24h", metavar="DURATION", help="how far back (24h)")
+    alerts.add_argument("--account", metavar="ACCOUNT", help="only this account")
+    alerts.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     sim = commands.add_parser("sim", help="run the simulated exchange alone, for a config to aim at")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
@@ -100,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "demo": _demo,
         "sim": _sim,
+        "test-alert": _test_alert,
+        "mute": _mute,
+        "unmute": _mute,
+        "alerts": _alerts,
     }
     try:
         return commands[args.command](parser, args)
@@ -184,6 +207,25 @@ def _sim(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         host=args.host, port=args.port, scenario=args.scenario, tick_s=args.tick, bulk=args.accounts
     )
     return 0
+
+
+def _test_alert(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from monitor.service.app import run_test_alert  # noqa: PLC0415
+
+    return run_test_alert(args.config, args.channel)
+
+
+def _mute(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from monitor.service.app import mute_command  # noqa: PLC0415
+
+    unmute = args.command == "unmute"
+    return mute_command(args.account, getattr(args, "duration", None), args.config, unmute=unmute)
+
+
+def _alerts(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from monitor.service.app import alerts_command  # noqa: PLC0415
+
+    return alerts_command(args.config, args.since, args.account, as_json=args.json)
 
 
 def _load_json(name: str) -> object:

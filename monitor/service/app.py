@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
-from dataclasses import replace
+import sys
+import time
+import uuid
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 
+from monitor.alerts.model import Alert, AlertKind
 from monitor.config import (
     AccountConfig,
     AlertsConfig,
     Config,
     DaemonConfig,
+    default_state_dir,
     load_config,
     resolve_credentials,
 )
 from monitor.durations import format_duration, parse_duration
+from monitor.errors import UserInputError
 from monitor.exchanges.client import ClientSettings, Credentials, MarketCache
 from monitor.exchanges.factory import create_source
 from monitor.notify.dispatcher import Dispatcher
@@ -32,7 +41,8 @@ from monitor.notify.mqtt import MqttChannel
 from monitor.notify.mqtt import state_fields as mqtt_state_fields
 from monitor.notify.outbox import Outbox
 from monitor.notify.telegram import TelegramChannel
-from monitor.service.alerting import Alerting, policy_from
+from monitor.render import percent, table
+from monitor.service.alerting import Alerting, Mutes, policy_from
 from monitor.service.daemon import Daemon
 from monitor.service.logs import REDACTOR, configure_logging
 
@@ -361,3 +371,137 @@ def demo_command(*, tick_s: float, log_format: LogFormat) -> int:
 def with_poll_interval(config: Config, seconds: float) -> Config:
     """``config`` with every account polling every ``seconds`` (tests and the demo)."""
     return replace(config, accounts=tuple(replace(a, poll_interval_s=seconds) for a in config.accounts))
+
+
+# --- alert commands ----------------------------------------------------------------------------------
+
+
+def make_test_alert(account: str = "test") -> Alert:
+    """The alert ``test-alert`` sends: marked as a test, with its own id."""
+    now = time.time()
+    return Alert(
+        id=f"test-{uuid.uuid4().hex[:16]}",
+        kind=AlertKind.TEST,
+        account=account,
+        exchange="-",
+        key=account,
+        level="warning",
+        created_at=now,
+        summary="margin-monitor test alert: if you can read this, the channel works",
+    )
+
+
+async def send_test_alerts(
+    channels: list[Channel], *, timeout_s: float = 20.0
+) -> list[tuple[Channel, str | None, float]]:
+    """Send one test alert through each channel; (channel, error or None, seconds) for each."""
+    results: list[tuple[Channel, str | None, float]] = []
+    for channel in channels:
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await channel.start()
+                if isinstance(channel, MqttChannel):
+                    await channel.wait_connected()
+                await channel.send(make_test_alert())
+        except TimeoutError:
+            error = f"no answer within {timeout_s:g} s" + (
+                f" ({channel.last_error})" if isinstance(channel, MqttChannel) and channel.last_error else ""
+            )
+        except Exception as exc:  # noqa: BLE001 - every failure is reported as a line, not a traceback
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        results.append((channel, error, time.perf_counter() - started))
+    return results
+
+
+def run_test_alert(config_path: str, channel_name: str | None) -> int:
+    """``margin-monitor test-alert``: a success or failure line per channel; exit 1 if any failed."""
+    config = load_config(config_path)
+    configure_logging(config.daemon.log_format, stream=sys.stderr)
+    channels, secrets = build_channels(config.channels)
+    add_secrets(secrets)
+    if channel_name is not None:
+        channels = [channel for channel in channels if channel.name == channel_name]
+        if not channels:
+            names = ", ".join(c.name for c in build_channels(config.channels)[0])
+            raise UserInputError("--channel", f"no channel named {channel_name!r} (channels: {names})")
+    results = asyncio.run(send_test_alerts(channels))
+    for channel, error, seconds in results:
+        where = f"{channel.name} ({channel.type})"
+        if error is None:
+            print(f"ok    {where}: delivered in {seconds * 1000:.0f} ms")
+        else:
+            print(f"FAIL  {where}: {REDACTOR.redact_text(error)}")
+    return 0 if all(error is None for _, error, _ in results) else 1
+
+
+def _state_dir(config_path: str | None) -> tuple[Path, list[str] | None]:
+    if config_path is None:
+        return default_state_dir(os.environ), None
+    config = load_config(config_path)
+    return config.daemon.state_dir, [account.name for account in config.accounts]
+
+
+def mute_command(account: str, duration: str | None, config_path: str | None, *, unmute: bool) -> int:
+    """``margin-monitor mute|unmute ACCOUNT``: shared with the running daemon through the state dir."""
+    state_dir, accounts = _state_dir(config_path)
+    if accounts is not None and account not in accounts:
+        raise UserInputError("ACCOUNT", f"no account named {account!r} (accounts: {', '.join(accounts)})")
+    mutes = Mutes(state_dir)
+    if unmute:
+        print(f"{account} unmuted" if mutes.unmute(account) else f"{account} was not muted")
+        return 0
+    try:
+        seconds = parse_duration(duration or "1h")
+    except ValueError as exc:
+        raise UserInputError("--for", str(exc)) from None
+    until = mutes.mute(account, seconds)
+    stamp = datetime.fromtimestamp(until, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"{account} muted for {format_duration(seconds)}, until {stamp}")
+    return 0
+
+
+def alerts_command(config_path: str, since: str, account: str | None, *, as_json: bool) -> int:
+    """``margin-monitor alerts``: what was raised since then, and where each delivery stands."""
+    config = load_config(config_path)
+    try:
+        window = parse_duration(since)
+    except ValueError as exc:
+        raise UserInputError("--since", str(exc)) from None
+    path = config.daemon.state_dir / "outbox.sqlite3"
+    if not path.exists():
+        print(json.dumps([]) if as_json else f"no alerts yet ({path} does not exist)")
+        return 0
+    outbox = Outbox(path)
+    try:
+        records = outbox.history(time.time() - window, account)
+    finally:
+        outbox.close()
+    if as_json:
+        documents = [
+            {**record.alert.to_dict(), "deliveries": [asdict(status) for status in record.deliveries]}
+            for record in records
+        ]
+        print(json.dumps(documents, indent=2))
+        return 0
+    rows = [
+        [
+            datetime.fromtimestamp(record.alert.created_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            record.alert.account,
+            record.alert.kind.value,
+            record.alert.level,
+            percent(record.alert.margin_ratio_pct),
+            " ".join(f"{status.channel}:{status.state}" for status in record.deliveries),
+        ]
+        for record in records
+    ]
+    print(
+        table(["time (UTC)", "account", "kind", "level", "ratio", "deliveries"], rows)
+        if rows
+        else "no alerts"
+    )
+    return 0
