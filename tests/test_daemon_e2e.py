@@ -264,7 +264,9 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, sim_process: str) -> None:
     assert first["level"] == "ok"
     assert first["log_level"] == "info"
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert lines[-1]["event"] == "daemon.stopped"
+    events = [line["event"] for line in lines]
+    assert events.index("daemon.stopped") > events.index("daemon.started")
+    assert events[-1] == "dispatcher.stopped"  # alerts in flight were given their chance, then it stopped
     assert DEMO_SECRET not in out + err
 
 
