@@ -479,7 +479,7 @@ class _Parser:
             accounts = frozenset(cast("list[str]", listed))
         secrets: dict[str, SecretRef] = {}
         for secret in secret_names:
-            ref = self.channel_secret(read, secret)
+            ref = self.secret_ref(read, secret)
             if ref is not None:
                 secrets[secret] = ref
         for secret in _CHANNEL_REQUIRED_SECRETS.get(kind, ()):
@@ -498,24 +498,6 @@ class _Parser:
             index=index,
             source=self.source,
         )
-
-    def channel_secret(self, read: _Reader, secret: str) -> SecretRef | None:
-        env_key, file_key = f"{secret}_env", f"{secret}_file"
-        env = read.optional_string(env_key)
-        file = read.optional_string(file_key)
-        if env is not None and file is not None:
-            raise self.error(read.prefix + file_key, f"set either {env_key} or {file_key}, not both")
-        if env is not None:
-            if not _ENV_NAME.fullmatch(env):
-                raise self.error(
-                    read.prefix + env_key,
-                    "must name an environment variable in upper case; "
-                    "the secret itself belongs in the environment",
-                )
-            return SecretRef(secret, "env", env)
-        if file is not None:
-            return SecretRef(secret, "file", self.secret_path(read.prefix + file_key, file))
-        return None
 
     def channel_options(self, kind: str, read: _Reader, prefix: str) -> dict[str, object]:
         table = read.table
@@ -672,7 +654,7 @@ class _Parser:
             problem += f"; did you mean '{close[0]}'?"
         raise self.error(key, problem)
 
-    def secret_ref(self, read: _Reader, secret: SecretName) -> SecretRef | None:
+    def secret_ref(self, read: _Reader, secret: str) -> SecretRef | None:
         env_key, file_key = f"{secret}_env", f"{secret}_file"
         env = read.optional_string(env_key)
         file = read.optional_string(file_key)
