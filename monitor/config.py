@@ -379,8 +379,12 @@ def check_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | N
     config = load_config(path, environ=env)
     for account in config.accounts:
         resolve_credentials(account, env)
-    for channel in config.channels:
-        resolve_channel_secrets(channel, env)
+    if config.channels:
+        # Build them (never started): their settings classes refuse what the loader cannot see,
+        # and check-config must refuse whatever the daemon would.
+        from monitor.notify.factory import build_channels  # noqa: PLC0415 - the factory imports this module
+
+        build_channels(config.channels, env)
     per_exchange = Counter(account.exchange for account in config.accounts)
     exchanges = ", ".join(f"{count} {exchange}" for exchange, count in sorted(per_exchange.items()))
     count = len(config.accounts)
@@ -463,7 +467,7 @@ class _Parser:
         own = _CHANNEL_KEYS[kind]
         known = ("type", "name", "min_level", "accounts", *own)
         known += tuple(f"{name}_{how}" for name in secret_names for how in ("env", "file"))
-        self.reject_unknown(table, prefix, known)
+        self.reject_unknown(table, prefix, known, secret_names)
         name = read.optional_string("name") or kind
         if not _ACCOUNT_NAME.fullmatch(name):
             raise self.error(prefix + "name", f"'{name}' may only hold letters, digits, '_', '.' and '-'")
@@ -561,12 +565,18 @@ class _Parser:
             raise self.error(key, f"must be a table ([{key}]), got {_type_name(value)}")
         return cast("dict[str, object]", value)
 
-    def reject_unknown(self, table: dict[str, object], prefix: str, known: tuple[str, ...]) -> None:
+    def reject_unknown(
+        self,
+        table: dict[str, object],
+        prefix: str,
+        known: tuple[str, ...],
+        secrets: tuple[str, ...] = _SECRET_NAMES,
+    ) -> None:
         for key in table:
             if key in known:
                 continue
             problem = "unknown key"
-            if key in _SECRET_NAMES:
+            if key in secrets:
                 problem += f"; secrets are not written in this file: use {key}_env or {key}_file"
             else:
                 close = difflib.get_close_matches(key, known, n=1)

@@ -36,8 +36,13 @@ def build_channels(
             channels.append(_build(config, values))
         except ConfigError as exc:
             raise ConfigError(f"{config.key_path}.{exc.field}", exc.problem, source=config.source) from None
-    if not any(channel.type == "log" for channel in channels):
-        channels.insert(0, LogChannel())
+    # The log is always on: every alert reaches it, whatever filters a configured log channel has.
+    unfiltered = any(
+        config.type == "log" and config.accounts is None and config.min_level == "ok" for config in configs
+    )
+    if not unfiltered:
+        taken = {channel.name for channel in channels}
+        channels.insert(0, LogChannel(name="log" if "log" not in taken else "log-all"))
     return channels, secrets
 
 

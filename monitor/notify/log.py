@@ -6,6 +6,7 @@ channels, and under systemd it lands in the journal with everything else.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,8 @@ class LogChannel:
 
     async def send(self, alert: Alert) -> None:
         """Log ``alert`` as one line."""
+        # Let the other channels' workers run first: a log line can wait a moment, a push should not.
+        await asyncio.sleep(0)
         fields = alert_fields(alert)
         if alert.kind in URGENT_KINDS and alert.severity >= severity(WARNING_FROM):
             log.warning("alert", **fields)

@@ -7,6 +7,7 @@ CLI or Telegram wrote, and submits every alert to the dispatcher, which stores i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -146,6 +147,8 @@ class Alerting:
         self._clock = clock
         self._path = state_dir / STATE_FILE
         self.states: dict[str, KeyState] = self._load()
+        self._dirty = False
+        self._save_lock = asyncio.Lock()
 
     def _load(self) -> dict[str, KeyState]:
         try:
@@ -213,18 +216,27 @@ class Alerting:
         previous = self.states.get(key)
         self.states[key] = state
         if previous is None or _durable(previous) != _durable(state):
-            self._save()
+            self._dirty = True
         return alerts
 
     async def _submit(self, alerts: list[Alert]) -> None:
+        # The outbox first, the state file after: a crash in between re-sends an alert on restart
+        # (receivers drop it by id or see it twice), where the other order could lose it.
         for alert in alerts:
             await self.submitter.submit(alert)
+        if self._dirty:
+            await self._save()
 
-    def _save(self) -> None:
-        try:
-            _write_json(self._path, {key: state.to_dict() for key, state in self.states.items()})
-        except OSError as exc:
-            log.warning("alerts.state_not_saved", path=str(self._path), error=str(exc))
+    async def _save(self) -> None:
+        self._dirty = False
+        document = {key: state.to_dict() for key, state in self.states.items()}
+        # fsync takes milliseconds now and then: off the event loop, one write at a time, in order.
+        async with self._save_lock:
+            try:
+                await asyncio.to_thread(_write_json, self._path, document)
+            except OSError as exc:
+                self._dirty = True
+                log.warning("alerts.state_not_saved", path=str(self._path), error=str(exc))
 
 
 def _durable(state: KeyState) -> KeyState:

@@ -146,8 +146,13 @@ class Alerts:
         if pending:
             log.info("alerts.resuming", pending=pending)
         self._tasks.append(asyncio.create_task(self.dispatcher.run(), name="dispatcher"))
+        quiet = {
+            channel.name
+            for channel in self.config.channels
+            if channel.type == "telegram" and channel.options.get("commands") is False
+        }
         for channel in self.channels:
-            if isinstance(channel, TelegramChannel):
+            if isinstance(channel, TelegramChannel) and channel.name not in quiet:
                 self._tasks.append(
                     asyncio.create_task(
                         channel.poll_commands(self.command), name=f"telegram-commands:{channel.name}"
