@@ -103,7 +103,7 @@ _ALERTS_KEYS = (
     "target_ratio_pct",
     "max_alert_age_s",
 )
-_DAEMON_KEYS = ("state_dir", "log_format", "tier_refresh_h", "market_refresh_h")
+_DAEMON_KEYS = ("state_dir", "log_format", "tier_refresh_h", "market_refresh_h", "reconcile_s")
 _TOP_KEYS = ("accounts", "alerts", "daemon", "channels")
 
 LEVELS = ("ok", "warning", "danger", "critical", "liquidation")
@@ -231,6 +231,7 @@ class DaemonConfig:
     log_format: LogFormat = "auto"
     tier_refresh_h: float = DEFAULT_TIER_REFRESH_H
     market_refresh_h: float = DEFAULT_MARKET_REFRESH_H
+    reconcile_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -796,6 +797,7 @@ class _Parser:
             market_refresh_h=read.number(
                 "market_refresh_h", default=DEFAULT_MARKET_REFRESH_H, above=0.0, at_most=MAX_REFRESH_H
             ),
+            reconcile_s=read.number("reconcile_s", default=60.0, above=0.0, at_most=3600.0),
         )
 
 

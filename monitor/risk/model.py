@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from monitor.errors import PositionError, TierTableError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 #: Relative tolerance within which given maintenance amounts count as following the recurrence.
 CUM_TOLERANCE = 1e-9
@@ -300,6 +300,18 @@ class AccountSnapshot:
             for position in self.positions
         )
         return replace(self, positions=moved)
+
+    def with_marks(self, marks: Mapping[str, float]) -> AccountSnapshot:
+        """The same account with the positions in ``marks``' symbols marked at those prices."""
+        moved = tuple(
+            replace(position, mark_price=marks[position.symbol]) if position.symbol in marks else position
+            for position in self.positions
+        )
+        return replace(self, positions=moved)
+
+    def symbols(self) -> frozenset[str]:
+        """The symbols this account holds positions in."""
+        return frozenset(position.symbol for position in self.positions if position.contracts)
 
     def with_wallet(self, wallet_balance: float) -> AccountSnapshot:
         """The same account with another cross wallet balance."""
