@@ -45,9 +45,10 @@ from monitor.render import percent, table
 from monitor.service.alerting import Alerting, Mutes, policy_from
 from monitor.service.daemon import Daemon
 from monitor.service.logs import REDACTOR, configure_logging
+from monitor.service.streaming import Streaming
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
     from types import TracebackType
 
     from monitor.config import LogFormat
@@ -242,7 +243,24 @@ async def run_daemon(
     async with Alerts(config, channels) as alerts:
         daemon = Daemon(config, build_sources(config, credentials))
         alerts.attach(daemon)
-        await daemon.run(stop)
+        async with streams_for(daemon, credentials, config):
+            await daemon.run(stop)
+
+
+@contextlib.asynccontextmanager
+async def streams_for(
+    daemon: Daemon, credentials: Mapping[str, Credentials], config: Config
+) -> AsyncIterator[Streaming | None]:
+    """Websocket feeds for the accounts that stream (mode auto on a supported exchange, or stream)."""
+    streaming = Streaming(daemon, credentials, reconcile_s=config.daemon.reconcile_s)
+    if not streaming.streamed:
+        yield None
+        return
+    streaming.start()
+    try:
+        yield streaming
+    finally:
+        await streaming.close()
 
 
 def run_command(config_path: str) -> int:
@@ -337,9 +355,10 @@ async def run_demo(
             )
             stop = asyncio.Event()
             _stop_on_signals(stop)
-            async with Alerts(config, [LogChannel()]) as alerts:
+            async with Alerts(config, [LogChannel()]) as alerts, contextlib.AsyncExitStack() as stack:
                 daemon = Daemon(config, build_sources(config, credentials))
                 alerts.attach(daemon)
+                await stack.enter_async_context(streams_for(daemon, credentials, config))
                 task = asyncio.create_task(daemon.run(stop), name="daemon")
                 finished = asyncio.create_task(_crash_over(sim, linger_s), name="demo-timer")
                 stopped = asyncio.create_task(stop.wait(), name="demo-stop")

@@ -24,12 +24,13 @@ from monitor.errors import ClockSkewError, ExchangeError, PayloadError, RateLimi
 from monitor.risk.engine import assess
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Coroutine, Mapping
 
     from monitor.config import AccountConfig, Config
     from monitor.exchanges.base import AccountSource, FetchedAccount
     from monitor.risk.model import Assessment
     from monitor.service.alerting import Alerting
+    from monitor.service.streaming import Streaming
 
 #: The level an account has before its first assessment, and while its data is too old to trust.
 UNKNOWN = "unknown"
@@ -100,15 +101,24 @@ class Daemon:
         self.alerting = alerting
         #: Called with (account, exchange, assessment) after each good poll (the MQTT state topic).
         self.listeners: list[Callable[[str, str, Assessment], None]] = []
+        #: Set by ``Streaming.start``: mark ticks recompute accounts between their REST reads.
+        self.streaming: Streaming | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     # --- one poll -------------------------------------------------------------------------------
 
-    async def poll(self, name: str) -> Assessment | None:
-        """Fetch and assess one account; log the result. Never raises (a crashed loop is a bug)."""
+    async def poll(self, name: str, *, force: bool = False) -> Assessment | None:
+        """Fetch and assess one account; log the result. Never raises (a crashed loop is a bug).
+
+        An account kept current by healthy streams is read only when reconciliation is due, unless
+        ``force`` (a user-data event said it changed).
+        """
         state = self.accounts[name]
         now = self._clock()
         if now < state.backoff_until:
+            return None
+        if not force and self.streaming is not None and not self.streaming.poll_due(name):
             return None
         started = time.perf_counter()
         state.polls += 1
@@ -132,8 +142,63 @@ class Daemon:
             await self._failed(state, None, reason=type(exc).__name__)
             return None
         self._assessed(state, fetched, assessment, latency_ms=(time.perf_counter() - started) * 1000)
+        if self.streaming is not None:
+            self.streaming.on_snapshot(name, fetched.snapshot)
         await self._after_assessment(state, assessment)
         return assessment
+
+    def stream_assessed(self, name: str, assessment: Assessment, *, fresh: bool, log_line: bool) -> None:
+        """An assessment recomputed from a mark tick; alerts go out through the same engine.
+
+        ``fresh``: the positions behind it are recent enough to count as a good reading (staleness).
+        ``log_line``: write the canonical line (streams tick every second; the log need not).
+        """
+        state = self.accounts[name]
+        previous = state.level
+        state.assessment = assessment
+        if fresh:
+            was_blind = state.blind
+            state.last_good = self._clock()
+            state.blind = False
+            if was_blind:
+                log.info(
+                    "account.data_restored", account=name, level=assessment.worst_level.value, feed="marks"
+                )
+        if not state.blind:
+            state.level = assessment.worst_level.value
+        if log_line or state.level != previous:
+            ratio = assessment.margin_ratio
+            log.info(
+                "account.assessed",
+                account=name,
+                exchange=state.config.exchange,
+                margin_ratio_pct=None if ratio is None else round(ratio * 100, 4),
+                level=state.level,
+                margin_balance=assessment.margin_balance,
+                maintenance_margin=assessment.maintenance_margin,
+                drift_pct=None,
+                positions=len(assessment.positions),
+                feed="marks",
+            )
+        self._spawn(self._after_assessment(state, assessment), f"alerts:{name}")
+
+    def margin_call(self, name: str, margin_ratio: float | None) -> None:
+        """The exchange's own margin call for ``name`` (from its user-data stream)."""
+        state = self.accounts[name]
+        log.warning("account.margin_call", account=name, exchange=state.config.exchange)
+        if self.alerting is not None:
+            ratio = (
+                margin_ratio
+                if margin_ratio is not None
+                else (state.assessment.margin_ratio if state.assessment else None)
+            )
+            self._spawn(self.alerting.margin_call(name, state.config.exchange, ratio), f"margin-call:{name}")
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        # Kept until done so the task is not garbage-collected mid-flight; failures are logged inside.
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def _after_assessment(self, state: AccountState, assessment: Assessment) -> None:
         for listener in self.listeners:
@@ -381,7 +446,7 @@ class Daemon:
             # Pause first: shutting APScheduler's asyncio executor down cancels the jobs it runs,
             # and a poll cancelled mid-request logs a traceback for nothing. Let them finish.
             scheduler.pause()
-        in_flight = self._in_flight - {asyncio.current_task()}
+        in_flight = (self._in_flight | self._pending) - {asyncio.current_task()}
         if in_flight:
             await asyncio.wait(in_flight, timeout=CLOSE_TIMEOUT_S)
         if scheduler is not None:

@@ -172,6 +172,7 @@ class SimServer:
         self._market_connections: list[_MarketConnection] = []
         self._user_connections: dict[str, set[web.WebSocketResponse]] = {}
         self._margin_called: set[str] = set()
+        self._stalled: set[str] = set()
         self._changed = asyncio.Event()
         self.base_url = ""
         """``http://127.0.0.1:PORT`` once started: give it to ``rewrite_hosts`` for REST."""
@@ -493,7 +494,8 @@ class SimServer:
     async def _push_loop(self) -> None:
         while True:
             await asyncio.sleep(self.mark_push_s)
-            await self._push_marks()
+            if "market" not in self._stalled:
+                await self._push_marks()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -502,6 +504,8 @@ class SimServer:
                 self.step()
 
     async def _send_user(self, api_key: str, event: dict[str, Any]) -> int:
+        if "user" in self._stalled:
+            return 0
         sent = 0
         for ws in list(self._user_connections.get(api_key, ())):
             try:
@@ -600,6 +604,18 @@ class SimServer:
         for ws in targets:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"simulated drop")
         return len(targets)
+
+    def stall_websockets(self, which: str = "all") -> None:
+        """Stop sending on websockets (``all``, ``market`` or ``user``) but keep them open.
+
+        A stalled market stream pushes no mark prices (subscriptions are still answered); a stalled
+        user stream loses its events, as a half-dead connection would. ``unstall_websockets`` ends it.
+        """
+        self._stalled |= {"market", "user"} if which == "all" else {which}
+
+    def unstall_websockets(self, which: str = "all") -> None:
+        """Send on the websockets ``stall_websockets`` stopped again."""
+        self._stalled -= {"market", "user"} if which == "all" else {which}
 
     async def expire_listen_key(self, api_key: str = DEMO_API_KEY) -> None:
         """Expire the account's listen key now: ``listenKeyExpired`` on its streams, which then close."""

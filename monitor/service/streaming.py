@@ -1,0 +1,256 @@
+"""Real-time: mark-price ticks recompute the accounts that hold the symbol; user events refresh them.
+
+The daemon keeps each account's last REST snapshot (positions, wallet, tiers). A mark price tick from
+the exchange's public stream replaces the marks of that symbol in every snapshot that holds it and
+runs the assessment again at once, through the same alert engine; an account-update event from the
+user-data stream re-reads the account over REST; a margin call goes to the alert engine.
+
+REST stays the ground truth: in stream mode each account is still read every ``reconcile_s``
+(a difference between the live snapshot and REST is logged as ``account.resynced``), and while the
+mark stream is down or stale the account falls back to polling at its own interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from monitor.exchanges.client import ClientSettings, Credentials
+from monitor.exchanges.streams import MarkFeed, UserEvent, UserFeed, supported
+from monitor.risk.engine import assess
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from monitor.exchanges.client import Credentials as AccountCredentials
+    from monitor.risk.model import AccountSnapshot
+    from monitor.service.daemon import AccountState, Daemon
+
+log = structlog.get_logger("margin_monitor.streaming")
+
+#: How often an account in stream mode is still read over REST to repair a missed event.
+DEFAULT_RECONCILE_S = 60.0
+
+#: A REST snapshot older than this many reconcile periods no longer vouches for the positions.
+SNAPSHOT_TRUST_PERIODS = 2.0
+
+FeedKey = tuple[str, str | None, str | None, bool]
+
+
+@dataclass(slots=True)
+class _Live:
+    """One streamed account: its REST snapshot and when it was taken."""
+
+    snapshot: AccountSnapshot
+    taken_at: float
+    symbols: frozenset[str] = field(default_factory=frozenset)
+    last_logged_at: float = 0.0
+
+
+class Streaming:
+    """Owns the feeds, the symbol index and the live snapshots of the accounts in stream mode."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        credentials: Mapping[str, AccountCredentials],
+        *,
+        reconcile_s: float = DEFAULT_RECONCILE_S,
+        clock: Callable[[], float] = time.monotonic,
+        mark_stale_after_s: float = 5.0,
+    ) -> None:
+        self.daemon = daemon
+        self.reconcile_s = reconcile_s
+        self._clock = clock
+        self._mark_stale_after_s = mark_stale_after_s
+        self._credentials = credentials
+        self.live: dict[str, _Live] = {}
+        self.index: dict[FeedKey, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self.mark_feeds: dict[FeedKey, MarkFeed] = {}
+        self.user_feeds: dict[str, UserFeed] = {}
+        self.streamed = {name for name, state in daemon.accounts.items() if self._wants_stream(state)}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refreshing: set[str] = set()
+        self.ticks = 0
+
+    def _wants_stream(self, state: AccountState) -> bool:
+        mode = state.config.mode
+        return mode == "stream" or (mode == "auto" and supported(state.config.exchange))
+
+    @staticmethod
+    def feed_key(state: AccountState) -> FeedKey:
+        """Accounts with the same key share one public mark feed."""
+        config = state.config
+        return (config.exchange, config.base_url, config.ws_url, config.sandbox)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the feeds of every streamed account and run them as named tasks."""
+        for name in sorted(self.streamed):
+            state = self.daemon.accounts[name]
+            key = self.feed_key(state)
+            if key not in self.mark_feeds:
+                public = ClientSettings(
+                    exchange_id=state.config.exchange,
+                    base_url=state.config.base_url,
+                    ws_url=state.config.ws_url,
+                    sandbox=state.config.sandbox,
+                )
+                feed = MarkFeed(public, self._mark_handler(key), stale_after_s=self._mark_stale_after_s)
+                self.mark_feeds[key] = feed
+                self._tasks.append(asyncio.create_task(feed.run(), name=f"marks:{state.config.exchange}"))
+            if not supported(state.config.exchange):
+                continue  # marks stream; account changes wait for the REST reconciliation
+            private = ClientSettings(
+                exchange_id=state.config.exchange,
+                credentials=self._credentials.get(name, Credentials()),
+                base_url=state.config.base_url,
+                ws_url=state.config.ws_url,
+                sandbox=state.config.sandbox,
+            )
+            user = UserFeed(name, private, self._user_handler(name))
+            self.user_feeds[name] = user
+            self._tasks.append(asyncio.create_task(user.run(), name=f"user:{name}"))
+        self.daemon.streaming = self
+        log.info("streams.started", accounts=len(self.streamed), mark_feeds=len(self.mark_feeds))
+
+    async def close(self) -> None:
+        """Stop every feed and close its client."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        feeds: list[MarkFeed | UserFeed] = [*self.mark_feeds.values(), *self.user_feeds.values()]
+        for feed in feeds:
+            with contextlib.suppress(Exception):
+                await feed.close()
+
+    def _mark_handler(self, key: FeedKey) -> Callable[[Mapping[str, float], float], None]:
+        def handle(marks: Mapping[str, float], received_at: float) -> None:
+            self.on_marks(key, marks, received_at)
+
+        return handle
+
+    def _user_handler(self, name: str) -> Callable[[UserEvent], None]:
+        def handle(event: UserEvent) -> None:
+            self.on_user_event(name, event)
+
+        return handle
+
+    # --- the daemon's hooks -----------------------------------------------------------------------
+
+    def healthy(self, name: str) -> bool:
+        """Whether ``name`` is kept current by its streams (so REST may wait for reconciliation)."""
+        if name not in self.streamed:
+            return False
+        feed = self.mark_feeds.get(self.feed_key(self.daemon.accounts[name]))
+        return feed is not None and feed.connected and not feed.is_stale(self._clock())
+
+    def poll_due(self, name: str) -> bool:
+        """Whether the REST poll of ``name`` should run now (always, unless its streams are healthy)."""
+        if not self.healthy(name):
+            return True
+        live = self.live.get(name)
+        return live is None or self._clock() - live.taken_at >= self.reconcile_s
+
+    def on_snapshot(self, name: str, snapshot: AccountSnapshot) -> None:
+        """A REST snapshot arrived: reconcile with the live one, re-index, re-subscribe."""
+        if name not in self.streamed:
+            return
+        now = self._clock()
+        previous = self.live.get(name)
+        if previous is not None:
+            differences = _differences(previous.snapshot, snapshot)
+            if differences:
+                log.info("account.resynced", account=name, differences=differences)
+        symbols = snapshot.symbols()
+        key = self.feed_key(self.daemon.accounts[name])
+        held = self.index[key]
+        old = previous.symbols if previous is not None else frozenset()
+        for symbol in old - symbols:
+            held[symbol].discard(name)
+            if not held[symbol]:
+                del held[symbol]
+        for symbol in symbols:
+            held[symbol].add(name)
+        self.live[name] = _Live(snapshot, now, symbols, previous.last_logged_at if previous else 0.0)
+        feed = self.mark_feeds.get(key)
+        if feed is not None and symbols - old:
+            feed.set_symbols(set(held))
+
+    def on_marks(self, key: FeedKey, marks: Mapping[str, float], received_at: float) -> None:
+        """A mark price tick: recompute every account that holds one of these symbols."""
+        del received_at
+        held = self.index.get(key)
+        if not held:
+            return
+        affected: set[str] = set()
+        for symbol in marks:
+            affected |= held.get(symbol, set())
+        for name in affected:
+            self._recompute(name, marks)
+
+    def _recompute(self, name: str, marks: Mapping[str, float]) -> None:
+        live = self.live.get(name)
+        if live is None:
+            return
+        now = self._clock()
+        live.snapshot = live.snapshot.with_marks({s: p for s, p in marks.items() if s in live.symbols})
+        self.ticks += 1
+        try:
+            assessment = assess(live.snapshot, self.daemon.thresholds)
+        except Exception:
+            log.exception("stream.assess_failed", account=name)
+            return
+        trusted = now - live.taken_at <= self.reconcile_s * SNAPSHOT_TRUST_PERIODS
+        canonical = now - live.last_logged_at >= self.daemon.accounts[name].config.poll_interval_s
+        if canonical:
+            live.last_logged_at = now
+        self.daemon.stream_assessed(name, assessment, fresh=trusted, log_line=canonical)
+
+    def on_user_event(self, name: str, event: UserEvent) -> None:
+        """The user-data stream: re-read the account on an update, pass a margin call on."""
+        if event.kind in {"account_update", "expired"}:
+            if name not in self._refreshing:
+                self._refreshing.add(name)
+                task = asyncio.get_running_loop().create_task(self._refresh(name), name=f"refresh:{name}")
+                self._tasks.append(task)
+        elif event.kind == "margin_call":
+            self.daemon.margin_call(name, _ratio_of(event.payload))
+
+    async def _refresh(self, name: str) -> None:
+        try:
+            await self.daemon.poll(name, force=True)
+        finally:
+            self._refreshing.discard(name)
+
+
+def _differences(live: AccountSnapshot, rest: AccountSnapshot) -> dict[str, Any]:
+    """What REST says differently from the live snapshot (positions and wallet; marks move anyway)."""
+
+    def sizes(snapshot: AccountSnapshot) -> dict[str, float]:
+        return {f"{p.symbol}/{p.side.value}": p.contracts for p in snapshot.positions if p.contracts}
+
+    found: dict[str, Any] = {}
+    if abs(live.wallet_balance - rest.wallet_balance) > 1e-9 * max(1.0, abs(rest.wallet_balance)):
+        found["wallet_balance"] = [live.wallet_balance, rest.wallet_balance]
+    before, after = sizes(live), sizes(rest)
+    if before != after:
+        found["positions"] = {
+            key: [before.get(key), after.get(key)]
+            for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)
+        }
+    return found
+
+
+def _ratio_of(payload: Mapping[str, Any]) -> float | None:
+    """Binance's MARGIN_CALL carries positions and the cross wallet, not our ratio; leave it to the engine."""
+    del payload
+    return None
