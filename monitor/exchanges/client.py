@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiohttp
 import ccxt.async_support as ccxt_async
+import certifi
 
 from monitor.errors import ConfigError, ExchangeError
 from monitor.exchanges.errors import translate
@@ -81,7 +84,48 @@ class ClientSettings:
         return (self.exchange_id, self.base_url, self.sandbox)
 
 
-def create_client(settings: ClientSettings) -> Any:  # noqa: ANN401 - ccxt clients are untyped
+class SharedSession:
+    """One aiohttp session (one TLS context, one connection pool) for many ccxt clients.
+
+    A ccxt async client otherwise opens a session of its own, with a TLS context of its own, on first
+    use: about 0.9 MB a client (measured here: 200 clients, 185 MB apart against 17 MB sharing), so a
+    thousand accounts would spend most of a gigabyte on copies of the same CA bundle. Clients acquire
+    it when created and release it when closed; the last release closes it.
+    """
+
+    #: Connections open at once across every client; more wait their turn rather than fail.
+    CONNECTION_LIMIT = 256
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._users = 0
+        self._context: ssl.SSLContext | None = None
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The one TLS context (ccxt builds one per client even when given a session: 0.6 MB each)."""
+        if self._context is None:
+            self._context = ssl.create_default_context(cafile=certifi.where())
+        return self._context
+
+    def acquire(self) -> aiohttp.ClientSession:
+        """The session, opened on first use (inside the running loop)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=self.CONNECTION_LIMIT)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        self._users += 1
+        return self._session
+
+    async def release(self) -> None:
+        """One client fewer; close the session after the last one."""
+        self._users -= 1
+        if self._users <= 0 and self._session is not None:
+            session, self._session = self._session, None
+            self._users = 0
+            await session.close()
+
+
+def create_client(settings: ClientSettings, session: aiohttp.ClientSession | None = None) -> Any:  # noqa: ANN401 - ccxt clients are untyped
     """A configured ccxt async client; call it inside the running loop (raises ``RuntimeError`` otherwise)."""
     asyncio.get_running_loop()  # ccxt binds its session to the loop; creating one outside is a bug
     klass = getattr(ccxt_async, settings.exchange_id, None)
@@ -95,6 +139,8 @@ def create_client(settings: ClientSettings) -> Any:  # noqa: ANN401 - ccxt clien
         "timeout": int(settings.timeout_s * 1000),
         "options": options,
     }
+    if session is not None:
+        config["session"] = session
     config.update(
         {
             key: value
@@ -134,6 +180,8 @@ class MarketCache:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str | None, bool], _Markets] = {}
+        #: The HTTP session every client attached to this cache shares.
+        self.session = SharedSession()
 
     def loads(self, key: tuple[str, str | None, bool]) -> int:
         """How many times markets were fetched from the exchange for ``key``."""
@@ -166,11 +214,16 @@ class MarketCache:
 class ClientHandle:
     """One account's ccxt client: calls with a timeout and our exceptions, and a close that is safe twice."""
 
-    def __init__(self, settings: ClientSettings, *, account: str) -> None:
+    def __init__(
+        self, settings: ClientSettings, *, account: str, shared: SharedSession | None = None
+    ) -> None:
         self.settings = settings
         self.account = account
         self.ws_url = settings.ws_url
-        self.client: Any = create_client(settings)
+        self._shared = shared
+        self.client: Any = create_client(settings, None if shared is None else shared.acquire())
+        if shared is not None:
+            self.client.ssl_context = shared.ssl_context
         self.requests = 0
         self._closed = False
 
@@ -210,4 +263,8 @@ class ClientHandle:
         if self._closed:
             return
         self._closed = True
-        await self.client.close()
+        try:
+            await self.client.close()
+        finally:
+            if self._shared is not None:
+                await self._shared.release()

@@ -60,7 +60,7 @@ class RestSource(ABC):
         self.name = name
         self.exchange_id = settings.exchange_id
         self.settings = settings
-        self._handle = ClientHandle(settings, account=name)
+        self._handle = ClientHandle(settings, account=name, shared=markets.session)
         self._markets = markets
         self._symbols: dict[str, Instrument] | None = None
 
