@@ -143,7 +143,7 @@ class Daemon:
             return None
         self._assessed(state, fetched, assessment, latency_ms=(time.perf_counter() - started) * 1000)
         if self.streaming is not None:
-            self.streaming.on_snapshot(name, fetched.snapshot)
+            self.streaming.on_snapshot(name, fetched.snapshot, reconcile=not force)
         await self._after_assessment(state, assessment)
         return assessment
 

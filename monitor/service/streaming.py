@@ -7,7 +7,8 @@ user-data stream re-reads the account over REST; a margin call goes to the alert
 
 REST stays the ground truth: in stream mode each account is still read every ``reconcile_s``
 (a difference between the live snapshot and REST is logged as ``account.resynced``), and while the
-mark stream is down or stale the account falls back to polling at its own interval.
+mark stream is down or stale (no mark for the account's poll interval), or its user-data stream is
+down, the account falls back to polling at its own interval.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class Streaming:
         self.streamed = {name for name, state in daemon.accounts.items() if self._wants_stream(state)}
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing: set[str] = set()
+        self._again: set[str] = set()
+        #: Event-driven re-reads in flight (forgotten when done: one per ACCOUNT_UPDATE, for days).
+        self._refreshes: set[asyncio.Task[None]] = set()
         self.ticks = 0
 
     def _wants_stream(self, state: AccountState) -> bool:
@@ -123,9 +127,10 @@ class Streaming:
 
     async def close(self) -> None:
         """Stop every feed and close its client."""
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._refreshes]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         feeds: list[MarkFeed | UserFeed] = [*self.mark_feeds.values(), *self.user_feeds.values()]
         for feed in feeds:
             with contextlib.suppress(Exception):
@@ -146,11 +151,26 @@ class Streaming:
     # --- the daemon's hooks -----------------------------------------------------------------------
 
     def healthy(self, name: str) -> bool:
-        """Whether ``name`` is kept current by its streams (so REST may wait for reconciliation)."""
+        """Whether ``name`` is kept current by its streams (so REST may wait for reconciliation).
+
+        The mark feed must be connected and have delivered within ``mark_stale_after_s`` or the
+        account's poll interval, whichever is shorter: a stream silent for a whole poll interval
+        does worse than polling, and handing over later would let the data age past the staleness
+        bound (``stale_after_polls`` intervals) and turn the account blind while REST is fine. The
+        account's user-data feed, where it has one, must be connected too, or a position opened
+        meanwhile would wait for the reconciliation.
+        """
         if name not in self.streamed:
             return False
-        feed = self.mark_feeds.get(self.feed_key(self.daemon.accounts[name]))
-        return feed is not None and feed.connected and not feed.is_stale(self._clock())
+        state = self.daemon.accounts[name]
+        feed = self.mark_feeds.get(self.feed_key(state))
+        if feed is None or not feed.connected or feed.last_message_at is None:
+            return False
+        bound = min(self._mark_stale_after_s, state.config.poll_interval_s)
+        if self._clock() - feed.last_message_at > bound:
+            return False
+        user = self.user_feeds.get(name)
+        return user is None or user.connected
 
     def poll_due(self, name: str) -> bool:
         """Whether the REST poll of ``name`` should run now (always, unless its streams are healthy)."""
@@ -159,13 +179,17 @@ class Streaming:
         live = self.live.get(name)
         return live is None or self._clock() - live.taken_at >= self.reconcile_s
 
-    def on_snapshot(self, name: str, snapshot: AccountSnapshot) -> None:
-        """A REST snapshot arrived: reconcile with the live one, re-index, re-subscribe."""
+    def on_snapshot(self, name: str, snapshot: AccountSnapshot, *, reconcile: bool = True) -> None:
+        """A REST snapshot arrived: reconcile with the live one, re-index, re-subscribe.
+
+        ``reconcile=False``: a re-read a user-data event asked for, which is expected to differ
+        from the live snapshot; only a reconciliation that finds a difference is a resync.
+        """
         if name not in self.streamed:
             return
         now = self._clock()
         previous = self.live.get(name)
-        if previous is not None:
+        if previous is not None and reconcile:
             differences = _differences(previous.snapshot, snapshot)
             if differences:
                 log.info("account.resynced", account=name, differences=differences)
@@ -217,18 +241,27 @@ class Streaming:
     def on_user_event(self, name: str, event: UserEvent) -> None:
         """The user-data stream: re-read the account on an update, pass a margin call on."""
         if event.kind in {"account_update", "expired"}:
-            if name not in self._refreshing:
+            if name in self._refreshing:
+                # The read in flight may have left before this change: read once more after it.
+                self._again.add(name)
+            else:
                 self._refreshing.add(name)
                 task = asyncio.get_running_loop().create_task(self._refresh(name), name=f"refresh:{name}")
-                self._tasks.append(task)
+                self._refreshes.add(task)
+                task.add_done_callback(self._refreshes.discard)
         elif event.kind == "margin_call":
             self.daemon.margin_call(name, _ratio_of(event.payload))
 
     async def _refresh(self, name: str) -> None:
         try:
-            await self.daemon.poll(name, force=True)
+            while True:
+                self._again.discard(name)
+                await self.daemon.poll(name, force=True)
+                if name not in self._again:
+                    break
         finally:
             self._refreshing.discard(name)
+            self._again.discard(name)
 
 
 def _differences(live: AccountSnapshot, rest: AccountSnapshot) -> dict[str, Any]:
