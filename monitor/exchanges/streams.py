@@ -53,7 +53,14 @@ import ccxt.pro as ccxt_pro
 import structlog
 
 from monitor.errors import ConfigError, PayloadError
-from monitor.exchanges.client import CLIENT_HAS, CLIENT_OPTIONS, ClientHandle, ClientSettings, Credentials
+from monitor.exchanges.client import (
+    CLIENT_HAS,
+    CLIENT_OPTIONS,
+    ClientHandle,
+    ClientSettings,
+    Credentials,
+    SharedSession,
+)
 from monitor.exchanges.errors import redact
 from monitor.exchanges.urls import rewrite_hosts
 
@@ -411,7 +418,8 @@ class UserFeed:
     (Binance returns the live key extended, or a new one), kept alive every ``keepalive_s``, and
     renewed at once when the stream says it expired. A quiet stream is still a live one: the feed
     pings every ``ping_interval_s`` and a pong counts as a heartbeat; nothing at all for two intervals
-    drops the connection. ``session``: a shared aiohttp session (not closed here); else one of its own.
+    drops the connection. ``shared``: the daemon's shared HTTP session (released, not closed, here);
+    else one of its own.
     Raises ``ConfigError`` for an exchange ``supported`` says no to.
     """
 
@@ -425,9 +433,9 @@ class UserFeed:
         ping_interval_s: float = 20.0,
         keepalive_s: float = 1800.0,
         clock: Callable[[], float] = time.monotonic,
-        session: aiohttp.ClientSession | None = None,
         backoff_initial_s: float = 0.5,
         backoff_cap_s: float = 30.0,
+        shared: SharedSession | None = None,
     ) -> None:
         if not supported(settings.exchange_id):
             raise ConfigError("mode", f"no user-data stream for {settings.exchange_id!r}; use mode = 'poll'")
@@ -439,7 +447,10 @@ class UserFeed:
         self.ping_interval_s = ping_interval_s
         self.keepalive_s = keepalive_s
         self._clock = clock
-        self._shared_session = session
+        # With the daemon's shared HTTP session (and TLS context) a thousand user feeds cost what one
+        # does in TLS state; the listen-key calls go through the same session.
+        self._shared = shared
+        self._shared_session = None if shared is None else shared.acquire()
         self._session: aiohttp.ClientSession | None = None
         self._handle: ClientHandle | None = None
         self._backoff = Backoff(backoff_initial_s, backoff_cap_s)
@@ -493,13 +504,13 @@ class UserFeed:
 
     async def _call(self, what: str, request: Any) -> Any:  # noqa: ANN401 - ccxt's untyped answers
         if self._handle is None:
-            self._handle = ClientHandle(self.settings, account=self.name)
+            self._handle = ClientHandle(self.settings, account=self.name, shared=self._shared)
         return await self._handle.call(what, request)
 
     async def _connection(self) -> bool:
         """One connection; ``True`` when it ended because the listen key expired."""
         if self._handle is None:
-            self._handle = ClientHandle(self.settings, account=self.name)
+            self._handle = ClientHandle(self.settings, account=self.name, shared=self._shared)
         answer = await self._call("listenKey", self._handle.client.fapiPrivatePostListenKey())
         key = answer.get("listenKey") if isinstance(answer, dict) else None
         if not isinstance(key, str) or not key:
@@ -599,3 +610,6 @@ class UserFeed:
         session, self._session = self._session, None
         if session is not None and session is not self._shared_session:
             await session.close()
+        if self._shared is not None and self._shared_session is not None:
+            self._shared_session = None
+            await self._shared.release()

@@ -241,18 +241,22 @@ async def run_daemon(
     channels, secrets = build_channels(config.channels)
     add_secrets(secrets)
     async with Alerts(config, channels) as alerts:
-        daemon = Daemon(config, build_sources(config, credentials))
+        markets = MarketCache()
+        daemon = Daemon(config, build_sources(config, credentials, markets))
         alerts.attach(daemon)
-        async with streams_for(daemon, credentials, config):
+        async with streams_for(daemon, credentials, config, markets):
             await daemon.run(stop)
 
 
 @contextlib.asynccontextmanager
 async def streams_for(
-    daemon: Daemon, credentials: Mapping[str, Credentials], config: Config
+    daemon: Daemon, credentials: Mapping[str, Credentials], config: Config, markets: MarketCache | None = None
 ) -> AsyncIterator[Streaming | None]:
-    """Websocket feeds for the accounts that stream (mode auto on a supported exchange, or stream)."""
-    streaming = Streaming(daemon, credentials, reconcile_s=config.daemon.reconcile_s)
+    """Websocket feeds for the accounts that stream (mode auto on a supported exchange, or stream).
+
+    ``markets``: the cache the daemon's sources use, so the feeds share its markets and HTTP session.
+    """
+    streaming = Streaming(daemon, credentials, reconcile_s=config.daemon.reconcile_s, markets=markets)
     if not streaming.streamed:
         yield None
         return
@@ -356,9 +360,10 @@ async def run_demo(
             stop = asyncio.Event()
             _stop_on_signals(stop)
             async with Alerts(config, [LogChannel()]) as alerts, contextlib.AsyncExitStack() as stack:
-                daemon = Daemon(config, build_sources(config, credentials))
+                markets = MarketCache()
+                daemon = Daemon(config, build_sources(config, credentials, markets))
                 alerts.attach(daemon)
-                await stack.enter_async_context(streams_for(daemon, credentials, config))
+                await stack.enter_async_context(streams_for(daemon, credentials, config, markets))
                 task = asyncio.create_task(daemon.run(stop), name="daemon")
                 finished = asyncio.create_task(_crash_over(sim, linger_s), name="demo-timer")
                 stopped = asyncio.create_task(stop.wait(), name="demo-stop")

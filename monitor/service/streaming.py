@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from monitor.exchanges.client import ClientSettings, Credentials
+from monitor.exchanges.client import ClientSettings, Credentials, MarketCache
 from monitor.exchanges.streams import MarkFeed, UserEvent, UserFeed, supported
 from monitor.risk.engine import assess
 
@@ -65,8 +65,10 @@ class Streaming:
         reconcile_s: float = DEFAULT_RECONCILE_S,
         clock: Callable[[], float] = time.monotonic,
         mark_stale_after_s: float = 5.0,
+        markets: MarketCache | None = None,
     ) -> None:
         self.daemon = daemon
+        self._markets = markets
         self.reconcile_s = reconcile_s
         self._clock = clock
         self._mark_stale_after_s = mark_stale_after_s
@@ -107,7 +109,12 @@ class Streaming:
                     ws_url=state.config.ws_url,
                     sandbox=state.config.sandbox,
                 )
-                feed = MarkFeed(public, self._mark_handler(key), stale_after_s=self._mark_stale_after_s)
+                feed = MarkFeed(
+                    public,
+                    self._mark_handler(key),
+                    stale_after_s=self._mark_stale_after_s,
+                    markets=self._markets,
+                )
                 self.mark_feeds[key] = feed
                 self._tasks.append(asyncio.create_task(feed.run(), name=f"marks:{state.config.exchange}"))
             if not supported(state.config.exchange):
@@ -119,7 +126,8 @@ class Streaming:
                 ws_url=state.config.ws_url,
                 sandbox=state.config.sandbox,
             )
-            user = UserFeed(name, private, self._user_handler(name))
+            shared = None if self._markets is None else self._markets.session
+            user = UserFeed(name, private, self._user_handler(name), shared=shared)
             self.user_feeds[name] = user
             self._tasks.append(asyncio.create_task(user.run(), name=f"user:{name}"))
         self.daemon.streaming = self
