@@ -228,15 +228,22 @@ class Alerting:
             await self._save()
 
     async def _save(self) -> None:
-        self._dirty = False
-        document = {key: state.to_dict() for key, state in self.states.items()}
-        # fsync takes milliseconds now and then: off the event loop, one write at a time, in order.
+        # One writer at a time; a change made while it writes is picked up by its next round, so a
+        # burst of changes (a crash crossing a thousand accounts) costs a few writes, not a thousand.
+        if self._save_lock.locked():
+            return
         async with self._save_lock:
-            try:
-                await asyncio.to_thread(_write_json, self._path, document)
-            except OSError as exc:
-                self._dirty = True
-                log.warning("alerts.state_not_saved", path=str(self._path), error=str(exc))
+            while self._dirty:
+                self._dirty = False
+                # Without the fast-fall history: it is short-lived, and the file stays small.
+                document = {key: replace(state, history=()).to_dict() for key, state in self.states.items()}
+                try:
+                    # fsync takes milliseconds now and then: off the event loop.
+                    await asyncio.to_thread(_write_json, self._path, document)
+                except OSError as exc:
+                    log.warning("alerts.state_not_saved", path=str(self._path), error=str(exc))
+                    self._dirty = True  # the next change tries again
+                    return
 
 
 def _durable(state: KeyState) -> KeyState:
