@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from monitor.sim.markets import Bracket, bracket_for, markets, scaled_brackets
+from monitor.sim.markets import Bracket, bracket_for, catalog, markets, scaled_brackets
 
 PositionSide = Literal["BOTH", "LONG", "SHORT"]
 
@@ -218,12 +218,35 @@ def demo_account() -> SimAccount:
     )
 
 
-def bulk_accounts(count: int, prefix: str = "sim-bulk") -> list[SimAccount]:
+#: ``bulk_accounts(n, positions=k)`` with k > 1: the symbols, in order, each position's share of the
+#: account's notional and its sign (BTC long, ETH short, SOL long, BNB long, XRP short).
+BULK_BOOK: tuple[tuple[str, float, float], ...] = (
+    ("BTCUSDT", 0.40, 1.0),
+    ("ETHUSDT", 0.20, -1.0),
+    ("SOLUSDT", 0.15, 1.0),
+    ("BNBUSDT", 0.15, 1.0),
+    ("XRPUSDT", 0.10, -1.0),
+)
+#: Margin ratio of a multi-position bulk account at the initial marks: 250% to 260% (``ok``).
+BULK_RATIO = 2.5
+BULK_RATIO_SPREAD = 0.1
+
+
+def bulk_accounts(count: int, prefix: str = "sim-bulk", positions: int = 1) -> list[SimAccount]:
     """``count`` small accounts with deterministic keys ``{prefix}-key-000000`` and derived secrets.
 
-    Cheap to build (for memory benchmarks): each holds one cross position, alternating BTC long, ETH
-    short and SOL long, sized by its index so the accounts do not all sit at the same ratio.
+    Cheap to build (for memory benchmarks). With ``positions=1`` each holds one cross position,
+    alternating BTC long, ETH short and SOL long, sized by its index so the accounts do not all sit
+    at the same ratio. With ``positions`` from 2 to 5, each holds that many cross positions from
+    ``BULK_BOOK`` (BTC first, then ETH, SOL, BNB, XRP: a simulator holding these accounts lists the
+    extra symbols), 10,000 to 19,900 USDT of notional opened at the initial marks (every position in
+    its first bracket), and a cross wallet that puts the account at ``BULK_RATIO`` plus up to
+    ``BULK_RATIO_SPREAD`` by index. Every account holds BTC, so one BTC move reaches all of them.
     """
+    if not 1 <= positions <= len(BULK_BOOK):
+        raise ValueError(f"positions must be 1 to {len(BULK_BOOK)}, got {positions}")
+    if positions > 1:
+        return [_bulk_book_account(index, prefix, positions) for index in range(count)]
     symbols = tuple(markets())
     accounts: list[SimAccount] = []
     for index in range(count):
@@ -244,6 +267,28 @@ def bulk_accounts(count: int, prefix: str = "sim-bulk") -> list[SimAccount]:
             )
         )
     return accounts
+
+
+def _bulk_book_account(index: int, prefix: str, positions: int) -> SimAccount:
+    key = f"{prefix}-key-{index:06d}"
+    notional = 10_000.0 + 100.0 * (index % 100)
+    book: list[SimPosition] = []
+    for symbol, share, sign in BULK_BOOK[:positions]:
+        spec = catalog()[symbol]
+        amount = round(notional * share / spec.initial_mark, spec.quantity_precision)
+        book.append(SimPosition(symbol, sign * amount, spec.initial_mark, leverage=75))
+    account = SimAccount(
+        api_key=key,
+        secret=hashlib.sha256(key.encode()).hexdigest(),
+        name=f"{prefix}-{index:06d}",
+        cross_wallet=0.0,
+        positions=book,
+    )
+    # At the initial marks unrealized PnL is nil, so the ratio is the wallet over the maintenance margin.
+    marks = {position.symbol: catalog()[position.symbol].initial_mark for position in book}
+    ratio = BULK_RATIO + BULK_RATIO_SPREAD * (index % 50) / 50
+    account.cross_wallet = round(ratio * compute_figures(account, marks).maintenance_margin, 2)
+    return account
 
 
 def bulk_secret(api_key: str) -> str:

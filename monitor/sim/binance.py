@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from monitor.sim.markets import markets, scaled_brackets
+from monitor.sim.markets import catalog, scaled_brackets
 
 if TYPE_CHECKING:
     from monitor.sim.accounts import AccountFigures, SimAccount
@@ -66,7 +66,7 @@ def money(value: float) -> str:
 
 def quantity(symbol: str, amount: float) -> str:
     """A position amount with the market's quantity precision (``"1.500"``)."""
-    return f"{amount:.{markets()[symbol].quantity_precision}f}"
+    return f"{amount:.{catalog()[symbol].quantity_precision}f}"
 
 
 def _without_signature(raw: str) -> tuple[str, str | None]:
@@ -236,7 +236,7 @@ class BinanceApi:
                 "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
                 "permissionSets": ["GRID", "COPY"],
             }
-            for spec in markets().values()
+            for spec in (catalog()[symbol] for symbol in self.sim.marks)
         ]
         return self.reply(
             request,
@@ -287,7 +287,7 @@ class BinanceApi:
 
     def _symbol_filter(self, request: web.Request) -> str | None:
         symbol = request.query.get("symbol")
-        if symbol is not None and symbol not in markets():
+        if symbol is not None and symbol not in self.sim.marks:
             raise _error(INVALID_SYMBOL)
         return symbol
 
@@ -437,7 +437,7 @@ class BinanceApi:
         symbol = self._symbol_filter(request)
         if symbol is not None:
             return self.reply(request, self.bracket_entry(account, symbol))
-        return self.reply(request, [self.bracket_entry(account, s) for s in markets()])
+        return self.reply(request, [self.bracket_entry(account, s) for s in self.sim.marks])
 
     async def position_side_dual(self, request: web.Request) -> web.Response:
         """``GET /fapi/v1/positionSide/dual``: hedge mode flag."""

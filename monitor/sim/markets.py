@@ -3,6 +3,11 @@
 BTCUSDT and ETHUSDT use the real brackets bundled in ``monitor/data`` (read here directly, not through
 ``monitor.risk``, so the simulator stays an independent source of truth). SOLUSDT's brackets are made up
 but shaped like Binance's: rates rise with notional and ``cum`` follows the continuity recurrence.
+
+``markets()`` is what the simulator lists by default. ``catalog()`` adds BNBUSDT and XRPUSDT (made-up
+brackets of the same shape), listed only by a simulator holding an account with a position in them
+(``bulk_accounts(n, positions=5)``), so the default listing, and every test written against it, stays
+at three symbols.
 """
 
 from __future__ import annotations
@@ -52,10 +57,10 @@ _SOL_ROWS = (
 )
 
 
-def _sol_brackets() -> tuple[Bracket, ...]:
+def _sol_brackets(rows: tuple[tuple[float, float, int], ...] = _SOL_ROWS) -> tuple[Bracket, ...]:
     brackets: list[Bracket] = []
     floor, previous_rate, cum = 0.0, 0.0, 0.0
-    for number, (cap, rate, leverage) in enumerate(_SOL_ROWS, start=1):
+    for number, (cap, rate, leverage) in enumerate(rows, start=1):
         # cum_b = cum_{b-1} + floor_b * (mmr_b - mmr_{b-1}) keeps MM continuous at the bracket edges.
         cum += floor * (rate - previous_rate)
         brackets.append(Bracket(number, leverage, floor, cap, rate, round(cum, 8)))
@@ -81,9 +86,13 @@ def _bundled(symbol: str) -> tuple[Bracket, ...]:
     raise KeyError(symbol)
 
 
+# Made-up brackets for the two extra symbols: the SOL shape with a larger first bracket.
+_ALT_ROWS = ((10_000.0, 0.005, 75), *_SOL_ROWS[1:])
+
+
 @cache
 def markets() -> dict[str, MarketSpec]:
-    """Every market the simulator lists, keyed by Binance symbol (``BTCUSDT``)."""
+    """Every market the simulator lists by default, keyed by Binance symbol (``BTCUSDT``)."""
     specs = (
         MarketSpec("BTCUSDT", "BTC", 2, 3, "0.10", "0.001", 60_000.0, _bundled("BTCUSDT")),
         MarketSpec("ETHUSDT", "ETH", 2, 3, "0.01", "0.001", 3_000.0, _bundled("ETHUSDT")),
@@ -92,12 +101,22 @@ def markets() -> dict[str, MarketSpec]:
     return {spec.symbol: spec for spec in specs}
 
 
+@cache
+def catalog() -> dict[str, MarketSpec]:
+    """Every market the simulator knows: the default ones, then BNBUSDT and XRPUSDT."""
+    extra = (
+        MarketSpec("BNBUSDT", "BNB", 3, 2, "0.010", "0.01", 600.0, _sol_brackets(_ALT_ROWS)),
+        MarketSpec("XRPUSDT", "XRP", 4, 1, "0.0001", "0.1", 0.6, _sol_brackets(_ALT_ROWS)),
+    )
+    return {**markets(), **{spec.symbol: spec for spec in extra}}
+
+
 def scaled_brackets(symbol: str, notional_coef: float = 1.0) -> tuple[Bracket, ...]:
     """The brackets of ``symbol`` for an account whose brackets Binance scaled by ``notionalCoef``.
 
     Floors and caps scale with the coefficient, and so does ``cum`` (it is a notional times a rate).
     """
-    base = markets()[symbol].brackets
+    base = catalog()[symbol].brackets
     if notional_coef == 1.0:
         return base
     return tuple(

@@ -38,12 +38,12 @@ from monitor.sim.bybit import BybitVenue
 from monitor.sim.coinm import CoinmVenue
 from monitor.sim.faults import Fault, FaultKind, Faults
 from monitor.sim.hyperliquid import HyperliquidVenue
-from monitor.sim.markets import markets
+from monitor.sim.markets import catalog, markets
 from monitor.sim.okx import OkxVenue
 from monitor.sim.scenarios import ScenarioPlayer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable
+    from collections.abc import Awaitable, Callable, Iterable, Mapping
     from types import TracebackType
 
     from monitor.sim.venues import Personality
@@ -140,12 +140,12 @@ class SimServer:
         self.mark_push_s = mark_push_s if mark_push_s is not None else min(tick_s, 1.0)
         self.margin_call_ratio = margin_call_ratio
         self.autostart = autostart
+        self.marks: dict[str, float] = {s: spec.initial_mark for s, spec in markets().items()}
         self.accounts: dict[str, SimAccount] = {}
         for account in [demo_account()] if accounts is None else accounts:
             self.add_account(account)
         for account in bulk_accounts(bulk):
             self.add_account(account)
-        self.marks: dict[str, float] = {s: spec.initial_mark for s, spec in markets().items()}
         self.faults = Faults()
         self.listen_keys = ListenKeys(listen_key_ttl_s)
         self.clock_offset_ms = 0
@@ -239,8 +239,18 @@ class SimServer:
     # --- state and control --------------------------------------------------------------------------
 
     def add_account(self, account: SimAccount) -> None:
-        """Hold ``account`` (replacing any with the same API key)."""
+        """Hold ``account`` (replacing any with the same API key).
+
+        A position in a symbol the simulator does not list yet (one of ``catalog()``'s extras) lists
+        it from now on, at its initial mark.
+        """
         self.accounts[account.api_key] = account
+        self._list_symbols(account.positions)
+
+    def _list_symbols(self, positions: Iterable[SimPosition]) -> None:
+        for position in positions:
+            if position.symbol not in self.marks:
+                self.marks[position.symbol] = catalog()[position.symbol].initial_mark
 
     def server_time_ms(self) -> int:
         """The exchange's clock in epoch milliseconds."""
@@ -313,7 +323,21 @@ class SimServer:
     async def set_positions(self, api_key: str, positions: Iterable[SimPosition]) -> None:
         """Replace an account's positions and push ``ACCOUNT_UPDATE`` (reason ``ORDER``)."""
         self.accounts[api_key].positions = list(positions)
+        self._list_symbols(self.accounts[api_key].positions)
         await self.push_account_update(api_key, "ORDER")
+
+    async def publish_marks(self, marks: Mapping[str, float]) -> float:
+        """Set ``marks`` and push every mark-price stream now, off the ``mark_push_s`` schedule.
+
+        Returns ``time.time()`` taken just before the first websocket send (benchmarks time detection
+        from it; REST answers with the new marks from that moment too). Margin calls are not checked.
+        """
+        for symbol, price in marks.items():
+            self.set_mark(symbol, price)
+        published = time.time()
+        if "market" not in self._stalled:
+            await self._push_marks()
+        return published
 
     def request_count(self, path: str | None = None) -> int:
         """Requests received to ``path`` (every path when ``None``)."""
