@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 MINUTE = 60.0
 HOUR = 3600.0
 
+#: The ratio history behind fast-fall detection keeps at most one reading a second: streams tick
+#: several times a second, and a five-minute window needs no finer grain.
+HISTORY_STEP_S = 1.0
+
 #: How often a level that holds is repeated.
 DEFAULT_REPEAT_S: Mapping[str, float] = {
     "warning": 4 * HOUR,
@@ -188,7 +192,10 @@ def observe(
     else:
         direction, level = "same", current
 
-    history = _trim((*state.history, (now, ratio)) if ratio is not None else state.history, now, policy)
+    sampled = state.history
+    if ratio is not None and (not sampled or now - sampled[-1][0] >= HISTORY_STEP_S):
+        sampled = (*sampled, (now, ratio))
+    history = _trim(sampled, now, policy)
     kind = TRANSITIONS[(state.blind, direction)]
     if kind is AlertKind.RESTORED and level == "ok" and state.notified_level is None:
         kind = None  # blind before any alert went out about this key: nothing to restore
@@ -207,7 +214,7 @@ def observe(
     if kind is not None:
         previous = "blind" if state.blind else current
         alerts.append(_alert(kind, observation, level, previous, now, policy))
-    fast = _fast_fall(history, now, policy)
+    fast = _fast_fall(history, ratio, policy)
     if fast is not None and _quiet_since(state.last_fast_fall_at, now, policy.fast_fall_window_s):
         new_state = replace(new_state, last_fast_fall_at=now)
         details = {"fell_points": round(fast * 100, 2), "window_s": policy.fast_fall_window_s}
@@ -293,12 +300,13 @@ def _trim(
     return tuple(item for item in history if item[0] >= horizon)
 
 
-def _fast_fall(history: tuple[tuple[float, float], ...], now: float, policy: AlertPolicy) -> float | None:
-    """How far the ratio fell within the window, if at least ``policy.fast_fall``."""
-    if len(history) < 2 or history[-1][0] != now:
+def _fast_fall(
+    history: tuple[tuple[float, float], ...], ratio: float | None, policy: AlertPolicy
+) -> float | None:
+    """How far the ratio fell within the window down to ``ratio``, if at least ``policy.fast_fall``."""
+    if ratio is None or not history:
         return None
-    latest = history[-1][1]
-    fell = max(ratio for _, ratio in history) - latest
+    fell = max(ratio, *(value for _, value in history)) - ratio
     return fell if fell >= policy.fast_fall else None
 
 
