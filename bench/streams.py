@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiomqtt
 from monitor.config import AccountConfig, AlertsConfig, ChannelConfig, Config, DaemonConfig
-from monitor.exchanges.client import Credentials
+from monitor.exchanges.client import Credentials, MarketCache
 from monitor.notify.factory import build_channels
 from monitor.notify.mqtt import MqttChannel
 from monitor.service.app import Alerts, build_sources, streams_for
@@ -236,10 +236,11 @@ async def daemon_role(args: argparse.Namespace, started: float, sink: TextIO) ->
         if alerts.alerting is not None:
             clock = StoreClock(alerts.alerting.submitter)
             alerts.alerting.submitter = clock
-        daemon = Daemon(config, build_sources(config, credentials))
+        markets = MarketCache()
+        daemon = Daemon(config, build_sources(config, credentials, markets))
         alerts.attach(daemon)
         stop = asyncio.Event()
-        async with streams_for(daemon, credentials, config) as streaming:
+        async with streams_for(daemon, credentials, config, markets) as streaming:
             task = asyncio.create_task(daemon.run(stop), name="daemon")
             try:
                 assessed_at = await _wait_ready(daemon, streaming, mqtt, task)
