@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from monitor.alerts.model import Alert, AlertKind
-from monitor.exchanges.client import Credentials
+from monitor.exchanges.client import Credentials, MarketCache, SharedSession
 from monitor.service.alerting import Alerting, policy_from
 from monitor.service.app import build_sources, demo_config, streams_for
 from monitor.service.daemon import BLIND, Daemon
-from monitor.sim import DEMO_API_KEY, DEMO_SECRET, SimServer
+from monitor.sim import DEMO_API_KEY, DEMO_SECRET, SimServer, bulk_accounts
 from monitor.sim.accounts import SimPosition, level_of
 from structlog.testing import capture_logs
 
@@ -414,3 +414,50 @@ async def test_account_update_rereads_at_once_and_margin_call_reaches_the_alert_
     assert line["account"] == "demo"
     kinds = [line["kind"] for line in events_named(logs, "stream.event")]
     assert kinds == ["account_update", "account_update", "margin_call"]
+
+
+# --- 7. many user streams never starve REST of connections ------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_user_streams_do_not_take_the_rest_connection_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More streamed accounts than REST connections: every account is still read and assessed.
+
+    Each user-data stream holds its websocket for hours. When they came from the same pool as the
+    REST requests, 256 streams took every connection and no account was ever read (found by the
+    1,000-account benchmark). Here the pool is 2 connections and 5 accounts stream: all 5 are
+    assessed, with one ccxt client an account (the feed borrows the account's).
+    """
+    monkeypatch.setattr(SharedSession, "CONNECTION_LIMIT", 2)
+    accounts = bulk_accounts(5, positions=2)
+    credentials = {a.name: Credentials(api_key=a.api_key, secret=a.secret) for a in accounts}
+    async with SimServer(accounts=accounts, autostart=False, mark_push_s=PUSH_S) as sim:
+        base = demo_config(sim.base_url, sim.ws_url, poll_interval_s=30.0, state_dir=tmp_path)
+        template = replace(base.accounts[0], mode="stream")
+        config = replace(base, accounts=tuple(replace(template, name=a.name) for a in accounts))
+        markets = MarketCache()
+        daemon = Daemon(config, build_sources(config, credentials, markets))
+        stop = asyncio.Event()
+        async with streams_for(daemon, credentials, config, markets) as streaming:
+            assert streaming is not None
+            task = asyncio.create_task(daemon.run(stop), name="daemon")
+            try:
+                await until(
+                    lambda: (
+                        all(state.assessment is not None for state in daemon.accounts.values())
+                        and all(feed.connected for feed in streaming.user_feeds.values())
+                    ),
+                    timeout_s=15.0,
+                )
+                borrowed = [
+                    feed._handle is daemon.accounts[name].source.handle  # type: ignore[attr-defined]  # noqa: SLF001
+                    for name, feed in streaming.user_feeds.items()
+                ]
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 10)
+    assert len(streaming.user_feeds) == len(accounts)
+    assert all(borrowed)
+    assert sim.request_count(LISTEN_KEY_PATH) >= len(accounts)

@@ -85,20 +85,24 @@ class ClientSettings:
 
 
 class SharedSession:
-    """One aiohttp session (one TLS context, one connection pool) for many ccxt clients.
+    """One TLS context and two aiohttp sessions (REST, and long-lived streams) for many clients.
 
     A ccxt async client otherwise opens a session of its own, with a TLS context of its own, on first
     use: about 0.9 MB a client (measured here: 200 clients, 185 MB apart against 17 MB sharing), so a
     thousand accounts would spend most of a gigabyte on copies of the same CA bundle. Clients acquire
-    it when created and release it when closed; the last release closes it.
+    a session when created and release it when closed; the last release of each closes it.
+
+    REST requests share one pool of ``CONNECTION_LIMIT`` connections; websockets, which hold their
+    connection for hours, get a pool of their own without a limit. In one pool, 256 user-data streams
+    took every connection and the REST reads of every account waited forever behind them.
     """
 
-    #: Connections open at once across every client; more wait their turn rather than fail.
+    #: REST connections open at once across every client; more wait their turn rather than fail.
     CONNECTION_LIMIT = 256
 
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-        self._users = 0
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self._users: dict[bool, int] = {False: 0, True: 0}
         self._context: ssl.SSLContext | None = None
 
     @property
@@ -108,21 +112,24 @@ class SharedSession:
             self._context = ssl.create_default_context(cafile=certifi.where())
         return self._context
 
-    def acquire(self) -> aiohttp.ClientSession:
-        """The session, opened on first use (inside the running loop)."""
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=self.CONNECTION_LIMIT)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
-        self._users += 1
-        return self._session
+    def acquire(self, *, streams: bool = False) -> aiohttp.ClientSession:
+        """The REST session, or with ``streams`` the websocket one, opened on first use (in the loop)."""
+        session = self._sessions.get(streams)
+        if session is None or session.closed:
+            limit = 0 if streams else self.CONNECTION_LIMIT
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=limit)
+            session = self._sessions[streams] = aiohttp.ClientSession(connector=connector, trust_env=False)
+        self._users[streams] += 1
+        return session
 
-    async def release(self) -> None:
-        """One client fewer; close the session after the last one."""
-        self._users -= 1
-        if self._users <= 0 and self._session is not None:
-            session, self._session = self._session, None
-            self._users = 0
-            await session.close()
+    async def release(self, *, streams: bool = False) -> None:
+        """One user fewer of that session; close it after the last one."""
+        self._users[streams] -= 1
+        if self._users[streams] <= 0:
+            self._users[streams] = 0
+            session = self._sessions.pop(streams, None)
+            if session is not None:
+                await session.close()
 
 
 def create_client(settings: ClientSettings, session: aiohttp.ClientSession | None = None) -> Any:  # noqa: ANN401 - ccxt clients are untyped

@@ -70,6 +70,11 @@ class RestSource(ABC):
         return self._handle.client
 
     @property
+    def handle(self) -> ClientHandle:
+        """The account's ccxt client with our timeouts and errors (a user-data feed borrows it)."""
+        return self._handle
+
+    @property
     def ws_url(self) -> str | None:
         """The websocket URL configured for this account, if any."""
         return self._handle.ws_url

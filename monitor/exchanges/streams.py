@@ -419,11 +419,12 @@ class UserFeed:
     renewed at once when the stream says it expired. A quiet stream is still a live one: the feed
     pings every ``ping_interval_s`` and a pong counts as a heartbeat; nothing at all for two intervals
     drops the connection. ``shared``: the daemon's shared HTTP session (released, not closed, here);
-    else one of its own.
+    else one of its own. ``handle``: the account's REST client, lent for the listen-key calls (not
+    closed here); else the feed makes its own.
     Raises ``ConfigError`` for an exchange ``supported`` says no to.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - every knob past on_event is a keyword with a default
         self,
         name: str,
         settings: ClientSettings,
@@ -436,6 +437,7 @@ class UserFeed:
         backoff_initial_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         shared: SharedSession | None = None,
+        handle: ClientHandle | None = None,
     ) -> None:
         if not supported(settings.exchange_id):
             raise ConfigError("mode", f"no user-data stream for {settings.exchange_id!r}; use mode = 'poll'")
@@ -450,9 +452,12 @@ class UserFeed:
         # With the daemon's shared HTTP session (and TLS context) a thousand user feeds cost what one
         # does in TLS state; the listen-key calls go through the same session.
         self._shared = shared
-        self._shared_session = None if shared is None else shared.acquire()
+        self._shared_session = None if shared is None else shared.acquire(streams=True)
         self._session: aiohttp.ClientSession | None = None
-        self._handle: ClientHandle | None = None
+        # The account's REST client when the daemon lends it (one ccxt instance an account, not two);
+        # borrowed, so never closed here.
+        self._borrowed = handle
+        self._handle: ClientHandle | None = handle
         self._backoff = Backoff(backoff_initial_s, backoff_cap_s)
         self._listen_key: str | None = None
         self._started_at = clock()
@@ -604,7 +609,7 @@ class UserFeed:
         self._closed = True
         self.connected = False
         handle, self._handle = self._handle, None
-        if handle is not None:
+        if handle is not None and handle is not self._borrowed:
             with contextlib.suppress(Exception):
                 await handle.close()
         session, self._session = self._session, None
@@ -612,4 +617,4 @@ class UserFeed:
             await session.close()
         if self._shared is not None and self._shared_session is not None:
             self._shared_session = None
-            await self._shared.release()
+            await self._shared.release(streams=True)

@@ -451,6 +451,9 @@ class Daemon:
             await asyncio.wait(in_flight, timeout=CLOSE_TIMEOUT_S)
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        if self.streaming is not None:
+            # The feeds first: a user-data feed borrows its account's REST client.
+            await self.streaming.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await asyncio.gather(

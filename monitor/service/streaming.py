@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from monitor.exchanges.client import ClientSettings, Credentials, MarketCache
+from monitor.exchanges.client import ClientHandle, ClientSettings, Credentials, MarketCache
 from monitor.exchanges.streams import MarkFeed, UserEvent, UserFeed, supported
 from monitor.risk.engine import assess
 
@@ -137,7 +137,15 @@ class Streaming:
                 sandbox=state.config.sandbox,
             )
             shared = None if self._markets is None else self._markets.session
-            user = UserFeed(name, private, self._user_handler(name), shared=shared)
+            # The listen-key calls go through the account's own REST client where it has one.
+            handle = getattr(state.source, "handle", None)
+            user = UserFeed(
+                name,
+                private,
+                self._user_handler(name),
+                shared=shared,
+                handle=handle if isinstance(handle, ClientHandle) else None,
+            )
             self.user_feeds[name] = user
             self._tasks.append(asyncio.create_task(user.run(), name=f"user:{name}"))
         self.daemon.streaming = self
