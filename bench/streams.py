@@ -877,8 +877,8 @@ def _print_targets(found: dict[tuple[int, str], tuple[Result, Latencies]], count
         )
 
 
-async def parent(quick: bool) -> None:
-    """Every configuration, one after another, on one broker; then the tables."""
+async def parent(quick: bool, only: tuple[int, str | None] | None = None) -> None:
+    """Every configuration (or ``only`` one count, in one or both modes), one after another; the tables."""
     counts = (1, 100) if quick else (1, 100, 1_000)
     stream_rounds = {1: 10, 100: 2} if quick else {1: 50, 100: 5, 1_000: 3}
     poll_rounds = {1: 1, 100: 1} if quick else {1: 3, 100: 2, 1_000: 2}
@@ -895,6 +895,7 @@ async def parent(quick: bool) -> None:
         )
         for count in counts
         for mode in ("stream", "poll")
+        if only is None or (only[0] == count and only[1] in (None, mode))
     ]
     print(f"margin-monitor bench/streams.py{' --quick' if quick else ''}")
     print(f"python {platform.python_version()}, {_versions()}")
@@ -917,6 +918,11 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="1 and 100 accounts, fewer crossings")
     parser.add_argument(
+        "--only",
+        metavar="COUNT[:MODE]",
+        help="one configuration of the full run, e.g. 1000:stream (or 1000 for both modes)",
+    )
+    parser.add_argument(
         "--role", choices=("parent", "sim", "daemon"), default="parent", help=argparse.SUPPRESS
     )
     parser.add_argument("--accounts", type=int, default=1, help=argparse.SUPPRESS)
@@ -932,7 +938,13 @@ def main() -> None:
         with Path(os.devnull).open("w", encoding="utf-8") as sink:
             asyncio.run(daemon_role(args, started, sink))
     else:
-        asyncio.run(parent(args.quick))
+        only = None
+        if args.only:
+            count, _, mode = str(args.only).partition(":")
+            if not count.isdigit() or mode not in ("", "stream", "poll"):
+                parser.error(f"--only: expected COUNT[:stream|poll], got {args.only!r}")
+            only = (int(count), mode or None)
+        asyncio.run(parent(args.quick, only))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ as JSON and channels read the same dict).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -51,6 +51,10 @@ class PositionAtRisk:
     next_threshold_pct: float | None
     next_threshold_price: float | None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return _fields_of(self, _POSITION_FIELDS)
+
 
 @dataclass(frozen=True, slots=True)
 class SuggestedAction:
@@ -60,6 +64,10 @@ class SuggestedAction:
     margin_to_add: float | None
     close_symbol: str | None = None
     close_fraction: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return _fields_of(self, _ACTION_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +102,16 @@ class Alert:
         return severity(self.level)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        document = asdict(self)
+        """JSON-ready fields (``details`` copied one level deep; its values are JSON values).
+
+        Field by field rather than ``dataclasses.asdict``, which deep-copies recursively: that was
+        90% of storing an alert, about 0.9 ms, when a thousand accounts crossed in one tick.
+        """
+        document = {name: getattr(self, name) for name in _ALERT_FIELDS}
         document["kind"] = self.kind.value
-        document["positions"] = [asdict(position) for position in self.positions]
+        document["positions"] = [position.to_dict() for position in self.positions]
+        document["action"] = None if self.action is None else self.action.to_dict()
+        document["details"] = dict(self.details)
         return document
 
     @classmethod
@@ -109,3 +123,12 @@ class Alert:
         action = data.get("action")
         data["action"] = None if action is None else SuggestedAction(**action)
         return cls(**data)
+
+
+_ALERT_FIELDS = tuple(item.name for item in fields(Alert))
+_POSITION_FIELDS = tuple(item.name for item in fields(PositionAtRisk))
+_ACTION_FIELDS = tuple(item.name for item in fields(SuggestedAction))
+
+
+def _fields_of(value: object, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(value, name) for name in names}

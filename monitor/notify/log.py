@@ -7,7 +7,6 @@ channels, and under systemd it lands in the journal with everything else.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -79,8 +78,8 @@ def alert_fields(alert: Alert) -> dict[str, Any]:
         "margin_balance": alert.margin_balance,
         "maintenance_margin": alert.maintenance_margin,
         "summary": alert.summary or None,
-        "positions": [asdict(position) for position in alert.positions] or None,
-        "action": None if alert.action is None else asdict(alert.action),
+        "positions": [position.to_dict() for position in alert.positions] or None,
+        "action": None if alert.action is None else alert.action.to_dict(),
         "details": alert.details or None,
     }
     fields.update((name, value) for name, value in optional.items() if value is not None)
