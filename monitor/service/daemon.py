@@ -70,6 +70,8 @@ class AccountState:
     failures: int = 0
     backoff_until: float = 0.0
     drift_warned: bool = False
+    #: The last REST read's drift (stream recomputes move the marks, not the exchange's own figures).
+    drift: float | None = None
     drifting: int = 0
     polls: int = 0
     errors: int = 0
@@ -265,6 +267,7 @@ class Daemon:
         state.last_error = None
         state.level = assessment.worst_level.value
         drift = assessment.drift.worst if assessment.drift is not None else None
+        state.drift = drift
         ratio = assessment.margin_ratio
         log.info(
             "account.assessed",

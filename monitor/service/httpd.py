@@ -2,7 +2,7 @@
 
 Routes (GET and HEAD only; nothing here changes any state):
 
-- ``/metrics``: the Prometheus text exposition of ``Metrics.registry``;
+- ``/metrics``: ``Metrics.registry`` in the Prometheus text format (OpenMetrics when asked for);
 - ``/healthz``: 200 ``ok`` while every account has a fresh assessment, else 503 naming the ones
   that are blind, stale or never assessed (text, or JSON for ``Accept: application/json``);
 - ``/api/status``: accounts, positions and recent alerts as JSON, for the page;
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from monitor.service.logs import REDACTOR
 
@@ -84,7 +84,7 @@ class HttpServer:
         app.router.add_get("/metrics", self.exposition)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/api/status", self.status)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
 
     @property
     def url(self) -> str:
@@ -95,7 +95,7 @@ class HttpServer:
     async def start(self) -> None:
         """Bind and serve; ``OSError`` when the address is taken or not ours."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         try:
             await site.start()
         except OSError:
@@ -132,11 +132,11 @@ class HttpServer:
         )
 
     async def exposition(self, request: web.Request) -> web.Response:
-        """The Prometheus text format."""
-        del request
+        """The Prometheus text format (0.0.4), or OpenMetrics when the scraper asks for it."""
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         # On the event loop's thread: the outbox's SQLite connection belongs to it.
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = encode(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while every account is fresh; 503 naming those that are not."""
@@ -210,7 +210,7 @@ def _account(daemon: Daemon, state: AccountState, unfresh: str | None) -> dict[s
         margin_ratio=_finite(assessment.margin_ratio),
         margin_balance=_finite(assessment.margin_balance),
         maintenance_margin=_finite(assessment.maintenance_margin),
-        drift=None if assessment.drift is None else _finite(assessment.drift.worst),
+        drift=_finite(state.drift),
         positions=[
             {
                 "symbol": item.position.symbol,

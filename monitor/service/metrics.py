@@ -20,7 +20,7 @@ import platform
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -95,6 +95,9 @@ class Metrics:
         self.runtime = runtime
         self.shard = shard
         self._clock = clock
+        # The client's default adds a ``_created`` gauge beside every counter and histogram: noise in
+        # the text format that Prometheus stores as series of their own. Process-wide, as we are.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # the client leaves it unannotated
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "margin_monitor_exchange_requests",
@@ -212,9 +215,8 @@ def _account_families(daemon: Daemon | None, shard: str) -> Iterator[Metric]:
             ratio.add_metric(labels, assessment.margin_ratio)
         balance.add_metric(labels, assessment.margin_balance)
         maintenance.add_metric(labels, assessment.maintenance_margin)
-        worst = None if assessment.drift is None else assessment.drift.worst
-        if worst is not None:
-            drift.add_metric(labels, worst)
+        if state.drift is not None:
+            drift.add_metric(labels, state.drift)
     yield from (accounts, ratio, level, balance, maintenance, drift)
 
 
