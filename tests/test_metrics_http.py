@@ -14,6 +14,9 @@ import json
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -494,6 +497,33 @@ async def test_a_taken_port_is_a_config_error_but_the_demo_takes_another(tmp_pat
                 assert none is None
     assert caught.value.field == "daemon.http_listen"
     assert f"127.0.0.1:{first.port}" in str(caught.value)
+
+
+def test_run_on_a_taken_port_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    """``margin-monitor run`` whose port another process holds: exit 2, one line, no secret."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        path = tmp_path / "config.toml"
+        path.write_text(
+            f'[daemon]\nstate_dir = "{tmp_path}"\nhttp_listen = "127.0.0.1:{port}"\n'
+            '[[accounts]]\nname = "demo"\nexchange = "binanceusdm"\nbase_url = "http://127.0.0.1:9"\n'
+            'api_key_env = "SIM_KEY"\nsecret_env = "SIM_SECRET"\n',
+            encoding="utf-8",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "monitor", "run", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SIM_KEY": DEMO_API_KEY, "SIM_SECRET": DEMO_SECRET},
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert f"{path}: daemon.http_listen: cannot listen on 127.0.0.1:{port}" in line
+    assert DEMO_SECRET not in done.stdout + done.stderr
 
 
 @pytest.mark.asyncio

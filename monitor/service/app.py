@@ -246,11 +246,13 @@ async def run_daemon(
     _stop_on_signals(stop)
     channels, secrets = build_channels(config.channels)
     add_secrets(secrets)
-    async with Alerts(config, channels) as alerts:
+    # The HTTP server first: a port it cannot bind stops us before any client opens, and /healthz
+    # answers "starting" meanwhile.
+    async with Alerts(config, channels) as alerts, http_for(config, alerts):
         markets = MarketCache()
         daemon = Daemon(config, build_sources(config, credentials, markets))
         alerts.attach(daemon)
-        async with http_for(config, alerts), streams_for(daemon, credentials, config, markets):
+        async with streams_for(daemon, credentials, config, markets):
             await daemon.run(stop)
 
 
