@@ -16,6 +16,7 @@ value as text, never as markup.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import importlib.resources
@@ -134,8 +135,8 @@ class HttpServer:
     async def exposition(self, request: web.Request) -> web.Response:
         """The Prometheus text format (0.0.4), or OpenMetrics when the scraper asks for it."""
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        # On the event loop's thread: the outbox's SQLite connection belongs to it.
-        body = encode(self.metrics.registry)
+        self.metrics.refresh()
+        body = await asyncio.to_thread(encode, self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.Response:
