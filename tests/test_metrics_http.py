@@ -262,7 +262,12 @@ async def test_healthz_is_ok_then_names_the_account_that_went_blind(tmp_path: Pa
     assert status == 503
     assert text == "unhealthy: 1 of 1 not fresh\ndemo: blind\n"
     assert json_status == 503
-    assert json.loads(document) == {"ok": False, "accounts": 1, "unfresh": {"demo": "blind"}}
+    assert json.loads(document) == {
+        "ok": False,
+        "starting": False,
+        "accounts": 1,
+        "unfresh": {"demo": "blind"},
+    }
     (account,) = json.loads(api)["accounts"]
     assert (account["account"], account["level"], account["fresh"], account["unfresh"]) == (
         "demo",
@@ -533,7 +538,7 @@ async def test_before_a_daemon_is_attached_the_server_says_starting() -> None:
         health = await fetch(server.url + "healthz")
         _, api, _ = await fetch(server.url + "api/status")
         _, samples = await scrape(server)
-    assert health[:2] == (503, "unhealthy: 1 of 0 not fresh\n-: starting\n")
+    assert health[:2] == (503, "starting: no daemon yet\n")
     assert json.loads(api)["starting"] is True
     assert value(samples, "margin_monitor_accounts", shard="0/1") == 0
 

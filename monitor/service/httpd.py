@@ -142,13 +142,20 @@ class HttpServer:
     async def healthz(self, request: web.Request) -> web.Response:
         """200 while every account is fresh; 503 naming those that are not."""
         daemon = self.metrics.runtime.daemon
-        unfresh = {"-": "starting"} if daemon is None else daemon.unfresh()
+        unfresh = {} if daemon is None else daemon.unfresh()
         accounts = 0 if daemon is None else len(daemon.accounts)
-        status = 503 if unfresh else 200
+        status = 503 if daemon is None or unfresh else 200
         if "application/json" in request.headers.get("Accept", ""):
-            document = {"ok": not unfresh, "accounts": accounts, "unfresh": unfresh}
+            document = {
+                "ok": status == 200,
+                "starting": daemon is None,
+                "accounts": accounts,
+                "unfresh": unfresh,
+            }
             return web.json_response(document, status=status, headers=_NO_STORE)
-        if not unfresh:
+        if daemon is None:
+            text = "starting: no daemon yet\n"
+        elif not unfresh:
             text = f"ok: {accounts} account{'s' if accounts != 1 else ''} fresh\n"
         else:
             lines = [f"{name}: {reason}" for name, reason in sorted(unfresh.items())]
