@@ -371,12 +371,17 @@ async def render(url: str, profile: Path) -> str:
 async def test_the_status_page_renders_every_account_in_chromium(tmp_path: Path) -> None:
     """Each account's name, ratio and a bar coloured by its level, as the browser built them from JSON.
 
-    One account's last poll failed on an HTML error page: its text shows, escaped, never as markup.
+    One account is brought down to about 140% (warning); another's last poll failed on an HTML
+    error page: its text shows, escaped, never as markup.
     """
     async with SimServer(scenario="flat", autostart=False, bulk=2) as sim:
+        key = "sim-bulk-key-000000"
+        figures = sim.figures(key)
+        await sim.set_wallet(key, 1.4 * figures.maintenance_margin - figures.cross_unrealized_pnl)
         config = make_config(sim, tmp_path, names=("demo", *BULK))
         async with serving(config) as (daemon, _, server):
             await daemon.poll_all()
+            assert daemon.accounts[BULK[0]].level == "warning"
             sim.faults.inject("http_500", count=1, path="/fapi/v3/account")
             assert await daemon.poll(BULK[1]) is None
             error = daemon.accounts[BULK[1]].last_error
