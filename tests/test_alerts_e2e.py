@@ -92,6 +92,7 @@ def write_config(tmp_path: Path, base_url: str, channels: str) -> Path:
 [daemon]
 state_dir = "{tmp_path / "state"}"
 log_format = "json"
+http_listen = "127.0.0.1:0"  # any free port: tests run side by side
 
 [alerts]
 max_alert_age_s = 600

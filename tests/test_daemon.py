@@ -299,3 +299,61 @@ async def test_run_polls_on_schedule_and_closes_every_source(tmp_path: Path) -> 
     assert all(source.closed == 1 for source in sources.values())
     assert logs[0]["event"] == "daemon.started"
     assert logs[-1]["event"] == "daemon.stopped"
+
+
+# --- the hooks the metrics read, and freshness for /healthz ---------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_unfresh_names_each_account_and_why_without_changing_state(tmp_path: Path) -> None:
+    """Never assessed, then fresh, then stale (before the staleness job runs), then blind; age follows."""
+    clock = Clock()
+    source = ScriptedSource("acct0", snapshot(wallet=1_500.0))
+    daemon = Daemon(make_config(tmp_path, poll_interval_s=10), {"acct0": source}, clock=clock)
+    assert daemon.unfresh() == {"acct0": "never assessed"}
+    assert daemon.age_s("acct0") is None
+    await daemon.poll("acct0")
+    clock.now += 5
+    assert daemon.unfresh() == {}
+    assert daemon.age_s("acct0") == pytest.approx(5)
+    clock.now += 30
+    assert daemon.unfresh() == {"acct0": "stale"}
+    assert daemon.accounts["acct0"].level == "warning"  # reading never turns an account blind
+    daemon.check_staleness()
+    assert daemon.unfresh() == {"acct0": BLIND}
+
+
+@pytest.mark.asyncio
+async def test_poll_and_feed_listeners_hear_every_read_and_a_broken_one_is_logged(tmp_path: Path) -> None:
+    """Each read reports its result and duration, a good one stamps ``rest``; a raising listener is logged."""
+    source = ScriptedSource(
+        "acct0", snapshot(wallet=1_500.0), RateLimitedError("429"), RuntimeError("bug"), snapshot(1_500.0)
+    )
+    daemon = Daemon(make_config(tmp_path), {"acct0": source}, jitter=lambda low, _high: low)
+    polls: list[tuple[str, str, str]] = []
+    feeds: list[tuple[str, str]] = []
+
+    def polled(account: str, exchange: str, result: str, seconds: float) -> None:
+        assert seconds >= 0
+        polls.append((account, exchange, result))
+
+    daemon.poll_listeners.append(polled)
+    daemon.feed_listeners.append(lambda account, feed: feeds.append((account, feed)))
+
+    def broken(*_: object) -> None:
+        raise ValueError
+
+    daemon.poll_listeners.append(broken)
+    daemon.feed_listeners.append(broken)
+    with capture_logs() as logs:
+        for _ in range(3):
+            await daemon.poll("acct0")
+            daemon.accounts["acct0"].backoff_until = 0
+    assert polls == [
+        ("acct0", "binanceusdm", "ok"),
+        ("acct0", "binanceusdm", "rate_limited"),
+        ("acct0", "binanceusdm", "crashed"),
+    ]
+    assert feeds == [("acct0", "rest")]
+    assert len([line for line in logs if line["event"] == "daemon.listener_failed"]) == 4
+    assert daemon.accounts["acct0"].drift is None  # the scripted snapshot reports no exchange figures

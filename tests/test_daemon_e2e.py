@@ -211,6 +211,7 @@ def write_config(tmp_path: Path, base_url: str, **extra: Any) -> Path:  # noqa: 
 [daemon]
 state_dir = "{tmp_path}"
 log_format = "json"
+http_listen = "127.0.0.1:0"  # any free port: tests run side by side
 
 [[accounts]]
 name = "demo"

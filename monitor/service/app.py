@@ -32,7 +32,7 @@ from monitor.config import (
     resolve_credentials,
 )
 from monitor.durations import format_duration, parse_duration
-from monitor.errors import UserInputError
+from monitor.errors import ConfigError, UserInputError
 from monitor.exchanges.client import ClientSettings, Credentials, MarketCache
 from monitor.exchanges.factory import create_source
 from monitor.notify.dispatcher import Dispatcher
@@ -44,7 +44,9 @@ from monitor.notify.telegram import TelegramChannel
 from monitor.render import percent, table
 from monitor.service.alerting import Alerting, Mutes, policy_from
 from monitor.service.daemon import Daemon
+from monitor.service.httpd import HttpServer
 from monitor.service.logs import REDACTOR, configure_logging
+from monitor.service.metrics import UNSHARDED, Metrics
 from monitor.service.streaming import Streaming
 
 if TYPE_CHECKING:
@@ -134,6 +136,8 @@ class Alerts:
         self.dispatcher: Dispatcher | None = None
         self.alerting: Alerting | None = None
         self.daemon: Daemon | None = None
+        #: Set by ``http_for``: each daemon attached also feeds the metrics.
+        self.metrics: Metrics | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:
@@ -165,6 +169,8 @@ class Alerts:
         """Give ``daemon`` the alert engine, and MQTT channels each assessment's state."""
         self.daemon = daemon
         daemon.alerting = self.alerting
+        if self.metrics is not None:
+            self.metrics.attach(daemon)
         for channel in self.channels:
             if isinstance(channel, MqttChannel):
                 daemon.listeners.append(_state_publisher(channel))
@@ -240,12 +246,48 @@ async def run_daemon(
     _stop_on_signals(stop)
     channels, secrets = build_channels(config.channels)
     add_secrets(secrets)
-    async with Alerts(config, channels) as alerts:
+    # The HTTP server first: a port it cannot bind stops us before any client opens, and /healthz
+    # answers "starting" meanwhile.
+    async with Alerts(config, channels) as alerts, http_for(config, alerts):
         markets = MarketCache()
         daemon = Daemon(config, build_sources(config, credentials, markets))
         alerts.attach(daemon)
         async with streams_for(daemon, credentials, config, markets):
             await daemon.run(stop)
+
+
+@contextlib.asynccontextmanager
+async def http_for(
+    config: Config, alerts: Alerts, *, shard: str = UNSHARDED, fallback: bool = False
+) -> AsyncIterator[HttpServer | None]:
+    """The metrics, health and status page server on ``[daemon] http_listen`` (``None`` when off).
+
+    It reads everything through ``alerts``, and the daemons attached to it from now on feed its
+    metrics. An address that cannot be bound is a ``ConfigError`` naming the key (a second instance
+    on the same port would otherwise answer health checks for this one), unless ``fallback`` (the
+    demo): then any free port.
+    """
+    address = config.daemon.http_address
+    if address is None:
+        yield None
+        return
+    metrics = Metrics(alerts, shard=shard)
+    alerts.metrics = metrics
+    if alerts.daemon is not None:
+        metrics.attach(alerts.daemon)
+    server = HttpServer(metrics, *address)
+    try:
+        await server.start()
+    except OSError as exc:
+        if not fallback:
+            problem = f"cannot listen on {config.daemon.http_listen}: {exc.strerror or exc}"
+            raise ConfigError("daemon.http_listen", problem, source=str(config.path)) from None
+        server = HttpServer(metrics, address[0], 0)
+        await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
 
 
 @contextlib.asynccontextmanager
@@ -349,20 +391,22 @@ async def run_demo(
                 sim.base_url, sim.ws_url, poll_interval_s=poll_interval_s, state_dir=Path(state)
             )
             credentials = {"demo": Credentials(api_key=DEMO_API_KEY, secret=DEMO_SECRET)}
-            log.info(
-                "demo.started",
-                simulator=sim.base_url,
-                scenario=scenario,
-                ticks=sim.player.length,
-                tick_s=tick_s,
-                hint="the demo account falls through 150, 130, 120 and 100%, then recovers; Ctrl-C stops",
-            )
             stop = asyncio.Event()
             _stop_on_signals(stop)
             async with Alerts(config, [LogChannel()]) as alerts, contextlib.AsyncExitStack() as stack:
                 markets = MarketCache()
                 daemon = Daemon(config, build_sources(config, credentials, markets))
                 alerts.attach(daemon)
+                server = await stack.enter_async_context(http_for(config, alerts, fallback=True))
+                log.info(
+                    "demo.started",
+                    simulator=sim.base_url,
+                    status_page=None if server is None else server.url,
+                    scenario=scenario,
+                    ticks=sim.player.length,
+                    tick_s=tick_s,
+                    hint="the demo account falls through 150, 130, 120 and 100%, then recovers; Ctrl-C stops",
+                )
                 await stack.enter_async_context(streams_for(daemon, credentials, config, markets))
                 task = asyncio.create_task(daemon.run(stop), name="daemon")
                 finished = asyncio.create_task(_crash_over(sim, linger_s), name="demo-timer")

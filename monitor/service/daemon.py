@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from monitor.errors import ClockSkewError, ExchangeError, PayloadError, RateLimitedError
+from monitor.errors import (
+    ClockSkewError,
+    ExchangeError,
+    OperationalExchangeError,
+    PayloadError,
+    RateLimitedError,
+    TemporaryExchangeError,
+)
 from monitor.risk.engine import assess
 
 if TYPE_CHECKING:
@@ -63,6 +70,8 @@ class AccountState:
     failures: int = 0
     backoff_until: float = 0.0
     drift_warned: bool = False
+    #: The last REST read's drift (stream recomputes move the marks, not the exchange's own figures).
+    drift: float | None = None
     drifting: int = 0
     polls: int = 0
     errors: int = 0
@@ -101,6 +110,12 @@ class Daemon:
         self.alerting = alerting
         #: Called with (account, exchange, assessment) after each good poll (the MQTT state topic).
         self.listeners: list[Callable[[str, str, Assessment], None]] = []
+        #: Called with (account, exchange, result, seconds) after each REST read, good or not; result
+        #: is ``poll_result``'s (the metrics count reads by result and time them).
+        self.poll_listeners: list[Callable[[str, str, str, float], None]] = []
+        #: Called with (account, feed) when a feed brought news of the account: "rest" (a good poll),
+        #: "marks" (a recompute from a mark tick) or "user" (a user-data event).
+        self.feed_listeners: list[Callable[[str, str], None]] = []
         #: Set by ``Streaming.start``: mark ticks recompute accounts between their REST reads.
         self.streaming: Streaming | None = None
         self._scheduler: AsyncIOScheduler | None = None
@@ -132,15 +147,20 @@ class Daemon:
                 fetched = await state.source.fetch()
             assessment = assess(fetched.snapshot, self.thresholds)
         except ExchangeError as exc:
+            self._polled(state, poll_result(exc), started)
             await self._failed(state, exc)
             return None
         except TimeoutError:
+            self._polled(state, "timeout", started)
             await self._failed(state, None, reason="timeout")
             return None
         except Exception as exc:
             log.exception("account.poll_crashed", account=name, exchange=state.config.exchange)
+            self._polled(state, "crashed", started)
             await self._failed(state, None, reason=type(exc).__name__)
             return None
+        self._polled(state, "ok", started)
+        self.fed(name, "rest")
         self._assessed(state, fetched, assessment, latency_ms=(time.perf_counter() - started) * 1000)
         if self.streaming is not None:
             self.streaming.on_snapshot(name, fetched.snapshot, reconcile=not force)
@@ -156,6 +176,7 @@ class Daemon:
         state = self.accounts[name]
         previous = state.level
         state.assessment = assessment
+        self.fed(name, "marks")
         if fresh:
             was_blind = state.blind
             state.last_good = self._clock()
@@ -194,6 +215,22 @@ class Daemon:
             )
             self._spawn(self.alerting.margin_call(name, state.config.exchange, ratio), f"margin-call:{name}")
 
+    def fed(self, name: str, feed: str) -> None:
+        """Tell the feed listeners that ``feed`` brought news of ``name`` (they must not raise)."""
+        for listener in self.feed_listeners:
+            try:
+                listener(name, feed)
+            except Exception:
+                log.exception("daemon.listener_failed", account=name)
+
+    def _polled(self, state: AccountState, result: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        for listener in self.poll_listeners:
+            try:
+                listener(state.name, state.config.exchange, result, seconds)
+            except Exception:
+                log.exception("daemon.listener_failed", account=state.name)
+
     def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         # Kept until done so the task is not garbage-collected mid-flight; failures are logged inside.
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -230,6 +267,7 @@ class Daemon:
         state.last_error = None
         state.level = assessment.worst_level.value
         drift = assessment.drift.worst if assessment.drift is not None else None
+        state.drift = drift
         ratio = assessment.margin_ratio
         log.info(
             "account.assessed",
@@ -336,6 +374,27 @@ class Daemon:
                         never_assessed=state.last_good is None or None,
                     )
         return blind
+
+    def unfresh(self) -> dict[str, str]:
+        """The accounts without a fresh assessment now, and why: "blind", "stale" or "never assessed".
+
+        Reads state only (the staleness job is what turns accounts blind and says so): for /healthz.
+        """
+        now = self._clock()
+        found: dict[str, str] = {}
+        for state in self.accounts.values():
+            if state.blind:
+                found[state.name] = BLIND
+            elif state.last_good is None:
+                found[state.name] = "never assessed"
+            elif now - state.last_good > self.stale_after_s(state):
+                found[state.name] = "stale"
+        return found
+
+    def age_s(self, name: str) -> float | None:
+        """Seconds since ``name``'s last good assessment (``None`` before the first)."""
+        last_good = self.accounts[name].last_good
+        return None if last_good is None else max(0.0, self._clock() - last_good)
 
     async def staleness_job(self) -> None:
         """The scheduled staleness check: blind accounts also go through the alert engine."""
@@ -460,3 +519,19 @@ class Daemon:
                     *(state.source.close() for state in self.accounts.values()), return_exceptions=True
                 )
         log.info("daemon.stopped", accounts=len(self.accounts))
+
+
+def poll_result(exc: ExchangeError) -> str:
+    """A failed read's kind, for the metrics: what the caller must do about it, as the errors say."""
+    if isinstance(exc, RateLimitedError):
+        return "rate_limited"
+    if isinstance(exc, ClockSkewError):
+        return "clock_skew"
+    if isinstance(exc, TemporaryExchangeError):
+        return "temporary"
+    if isinstance(exc, PayloadError):
+        return "payload"
+    if isinstance(exc, OperationalExchangeError):
+        return "operational"
+    # A bare ExchangeError names no remedy: a human should look, as for an operational one.
+    return "operational"

@@ -280,6 +280,7 @@ class Streaming:
 
     def on_user_event(self, name: str, event: UserEvent) -> None:
         """The user-data stream: re-read the account on an update, pass a margin call on."""
+        self.daemon.fed(name, "user")
         if event.kind in {"account_update", "expired"}:
             if name in self._refreshing:
                 # The read in flight may have left before this change: read once more after it.
