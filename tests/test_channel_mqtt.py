@@ -315,6 +315,41 @@ async def test_state_is_rate_limited_and_the_latest_value_wins(mosquitto: Mosqui
 
 
 @pytest.mark.asyncio
+async def test_a_state_that_says_nothing_new_is_not_published_again(mosquitto: MosquittoBroker) -> None:
+    """Within the deadband (same level, ratio within 0.1 point) nothing goes out until the heartbeat.
+
+    A level change, or a move of the ratio past the band, goes out as usual.
+    """
+    async with (
+        subscriber(mosquitto, f"{PREFIX}/+/state") as client,
+        running(settings_for(mosquitto, state_interval_s=0.01, state_heartbeat_s=0.6)) as channel,
+    ):
+        sent = [
+            (200.0, "ok"),
+            (200.04, "ok"),  # inside the band: dropped
+            (199.95, "ok"),  # 0.05 from the last sent: dropped
+            (199.8, "ok"),  # 0.2 away: sent
+            (149.85, "warning"),
+            (149.85, "warning"),  # the same again: dropped
+            (149.86, "danger"),  # a level change: sent whatever the ratio
+        ]
+        for ratio, level in sent:
+            channel.publish_state("main", "binanceusdm", {"margin_ratio_pct": ratio, "level": level})
+            await asyncio.sleep(0.05)
+        burst = await receive_all(client, quiet=0.3)
+        await asyncio.sleep(0.4)  # past the heartbeat: the unchanged state is worth a message again
+        channel.publish_state("main", "binanceusdm", {"margin_ratio_pct": 149.86, "level": "danger"})
+        heartbeat = await receive_all(client, quiet=0.3)
+    assert [(document(m)["margin_ratio_pct"], document(m)["level"]) for m in burst] == [
+        (200.0, "ok"),
+        (199.8, "ok"),
+        (149.85, "warning"),
+        (149.86, "danger"),
+    ]
+    assert [document(m)["margin_ratio_pct"] for m in heartbeat] == [149.86]
+
+
+@pytest.mark.asyncio
 async def test_states_published_before_the_connection_arrive_once_connected(
     mosquitto: MosquittoBroker,
 ) -> None:

@@ -230,6 +230,46 @@ async def test_a_channel_sends_one_at_a_time_oldest_first(outbox: Outbox) -> Non
 
 
 @pytest.mark.asyncio
+async def test_a_pipelining_channel_has_several_in_flight_but_never_two_of_one_account(
+    outbox: Outbox,
+) -> None:
+    """``max_in_flight = 4``: windows of up to 4 alerts of distinct accounts; each account in order."""
+    channel = ScriptedChannel("mqtt", delay_s=0.01)
+    channel.max_in_flight = 4  # type: ignore[attr-defined]
+    sender = Dispatcher(outbox, [channel])
+    accounts = ["a", "b", "c", "a", "d", "e", "f", "g", "a"]
+    for number, account in enumerate(accounts):
+        await sender.submit(make_alert(number, account=account, created_at=time.time()))
+    with capture_logs():
+        outcomes = await sender.deliver_once()
+    assert [outcome.result for outcome in outcomes] == ["delivered"] * len(accounts)
+    assert channel.most_in_flight == 4
+    # The windows: a b c | a d e f | g a. Per account, the submission order holds.
+    assert channel.sent[:3] == ["alert-0", "alert-1", "alert-2"]
+    for account in set(accounts):
+        ids = [f"alert-{n}" for n, name in enumerate(accounts) if name == account]
+        assert [sent for sent in channel.sent if sent in ids] == ids
+
+
+@pytest.mark.asyncio
+async def test_a_failure_in_a_window_stops_the_round_after_that_window(outbox: Outbox) -> None:
+    """The window's other accounts are delivered; the failed one and everything after it wait."""
+    channel = ScriptedChannel("mqtt", None, TemporaryDeliveryError("broker gone", channel="mqtt"), None)
+    channel.max_in_flight = 3  # type: ignore[attr-defined]
+    sender = dispatcher(outbox, channel)
+    for number, account in enumerate(["a", "b", "c", "d", "e"]):
+        await sender.submit(make_alert(number, account=account))
+    with capture_logs():
+        outcomes = await sender.deliver_once()
+    assert [(o.alert_id, o.result) for o in outcomes] == [
+        ("alert-0", "delivered"),
+        ("alert-1", "retry"),
+        ("alert-2", "delivered"),
+    ]
+    assert outbox.pending_count("mqtt") == 3
+
+
+@pytest.mark.asyncio
 async def test_channels_send_concurrently(outbox: Outbox) -> None:
     """One channel's slow send does not hold back another channel."""
     slow = HangingChannel("slow")

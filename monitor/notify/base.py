@@ -15,6 +15,10 @@ class Channel(Protocol):
     when the peer said so) or ``PermanentDeliveryError`` (do not retry). It must carry
     ``alert.id`` in what it sends, so receivers can drop the duplicates at-least-once delivery
     allows. ``start``/``close`` open and release connections; both are safe to call twice.
+
+    A channel may set ``max_in_flight`` (``in_flight`` reads it; 1 when absent): how many alerts of
+    different accounts the dispatcher may have in ``send`` at once (MQTT pipelines its PUBACKs;
+    rate-limited HTTP APIs keep one).
     """
 
     name: str
@@ -50,3 +54,9 @@ def wants(channel: Channel, alert: Alert) -> bool:
     ending = alert.kind in (AlertKind.RECOVERED, AlertKind.RESTORED)
     level = alert.previous_level if ending and alert.previous_level else alert.level
     return severity(level) >= severity(channel.min_level)
+
+
+def in_flight(channel: Channel) -> int:
+    """How many alerts ``channel`` may be sending at once (its ``max_in_flight``, at least 1)."""
+    value = getattr(channel, "max_in_flight", 1)
+    return value if isinstance(value, int) and value > 1 else 1

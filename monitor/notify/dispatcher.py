@@ -2,7 +2,8 @@
 
 ``submit`` stores an alert with one delivery per channel that wants it before anything is sent.
 ``run`` is the delivery loop: one worker task per channel (``deliver:<name>``), so channels run
-concurrently with each other while each channel sends one alert at a time, oldest first. A channel's
+concurrently with each other while each channel sends one alert at a time, oldest first; a channel
+with ``max_in_flight`` > 1 (MQTT) sends up to that many at once, never two of one account. A channel's
 rate limits are its own business, and concurrency never breaks them.
 
 Each attempt is bounded by ``asyncio.timeout``. Its outcome decides the delivery's fate:
@@ -16,8 +17,10 @@ Each attempt is bounded by ``asyncio.timeout``. Its outcome decides the delivery
 - an alert older than ``max_age_s`` is dead-lettered instead of sent: a margin warning an hour
   late is noise, and the engine has newer news by then.
 
-A channel's queue is strict FIFO: while its oldest delivery waits for a retry, the younger ones
-wait behind it (a "recovered" notice must not overtake the alert it ends).
+A channel's queue is strict FIFO per account: while its oldest delivery waits for a retry, the
+younger ones wait behind it (a "recovered" notice must not overtake the alert it ends). With
+several in flight, the alerts of other accounts in the same window may land before the one that
+failed; one account's alerts are never in flight together, so their order holds.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 
 from monitor.errors import PermanentDeliveryError, TemporaryDeliveryError
-from monitor.notify.base import wants
+from monitor.notify.base import in_flight, wants
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -259,11 +262,19 @@ class Dispatcher:
     async def _deliver_channel(self, name: str) -> list[Outcome]:
         channel = self.channels[name]
         outcomes: list[Outcome] = []
+        window = in_flight(channel)
         async with self._busy[name]:
-            for delivery in self.outbox.due(self._clock(), BATCH, channel=name):
-                outcome = await self._attempt(channel, delivery)
-                outcomes.append(outcome)
-                if outcome.result == "retry" or self._stopping.is_set():
+            due = self.outbox.due(self._clock(), BATCH, channel=name)
+            start = 0
+            while start < len(due):
+                group = _window(due, start, window)
+                start += len(group)
+                if len(group) == 1:
+                    results = [await self._attempt(channel, group[0])]
+                else:
+                    results = await asyncio.gather(*(self._attempt(channel, item) for item in group))
+                outcomes.extend(results)
+                if any(outcome.result == "retry" for outcome in results) or self._stopping.is_set():
                     break
         return outcomes
 
@@ -356,6 +367,18 @@ class Dispatcher:
     def counters(self) -> dict[str, ChannelCounters]:
         """A copy of each channel's counters since this dispatcher started."""
         return {name: dataclasses.replace(counters) for name, counters in self._counters.items()}
+
+
+def _window(due: list[Delivery], start: int, size: int) -> list[Delivery]:
+    """The deliveries from ``start`` that may be in flight together: up to ``size``, one per account."""
+    group = [due[start]]
+    accounts = {due[start].alert.account}
+    for delivery in due[start + 1 : start + size]:
+        if delivery.alert.account in accounts:
+            break
+        group.append(delivery)
+        accounts.add(delivery.alert.account)
+    return group
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,7 +8,10 @@ Topics, with ``<prefix>`` the configured ``topic_prefix`` (default ``margin-moni
 - ``<prefix>/<account>/alert``: one JSON document per alert (``Alert.to_dict()``, with its ``id``),
   QoS 1, not retained. ``send`` returns once the broker acknowledged it (PUBACK).
 - ``<prefix>/<account>/state``: the account's latest figures as JSON, retained, at most once per
-  ``state_interval_s`` per account (the latest value wins and is published at the end of the interval).
+  ``state_interval_s`` per account (the latest value wins and is published at the end of the interval),
+  and only when something moved: the level, or the ratio by ``state_min_change_pct`` points, or
+  ``state_heartbeat_s`` passed. Mark streams recompute every account every second; a thousand
+  retained messages a second that say the same thing would queue the alerts behind them.
 - ``<discovery_prefix>/{sensor,binary_sensor}/<node_id>/<object>/config``: Home Assistant discovery,
   retained: a device per account with a margin ratio sensor, a risk level sensor and an at-risk
   binary sensor, available while ``<prefix>/status`` is ``online``.
@@ -65,7 +68,9 @@ class MqttSettings:
     """How to reach the broker and what to publish there.
 
     ``tls`` uses the system's trusted CAs, or ``ca_file`` when given (a ``ca_file`` alone turns TLS
-    on). ``state_interval_s`` is the shortest time between two state messages of one account.
+    on). ``state_interval_s`` is the shortest time between two state messages of one account;
+    ``state_min_change_pct`` the ratio move (in points) and ``state_heartbeat_s`` the age that make a
+    state with the same level worth sending again.
     ``reconnect_min_s``/``reconnect_max_s`` bound the jittered backoff between connection
     attempts; ``connect_timeout_s`` and ``publish_timeout_s`` bound every wait on the network.
     """
@@ -82,6 +87,8 @@ class MqttSettings:
     discovery_prefix: str = "homeassistant"
     keepalive_s: int = 30
     state_interval_s: float = 1.0
+    state_min_change_pct: float = 0.1
+    state_heartbeat_s: float = 60.0
     connect_timeout_s: float = 10.0
     publish_timeout_s: float = 5.0
     reconnect_min_s: float = 0.5
@@ -98,7 +105,15 @@ class MqttSettings:
                 raise ConfigError(
                     name, f"must be a topic without wildcards (+ #) or leading/trailing '/', got {value!r}"
                 )
-        for name in ("state_interval_s", "connect_timeout_s", "publish_timeout_s", "reconnect_min_s"):
+        if not self.state_min_change_pct >= 0:
+            raise ConfigError("state_min_change_pct", f"must be 0 or more, got {self.state_min_change_pct!r}")
+        for name in (
+            "state_interval_s",
+            "state_heartbeat_s",
+            "connect_timeout_s",
+            "publish_timeout_s",
+            "reconnect_min_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)!r}")
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -242,6 +257,9 @@ class MqttChannel:
     """
 
     type = "mqtt"
+    #: Alerts of different accounts published before the first PUBACK returns (paho's in-flight
+    #: window is 20): one at a time, a burst of a thousand alerts took a second on loopback.
+    max_in_flight = 20
 
     def __init__(
         self,
@@ -273,6 +291,8 @@ class MqttChannel:
         self._discovered: set[str] = set()
         #: slug -> the latest state not yet published (latest wins).
         self._pending: dict[str, bytes] = {}
+        #: slug -> (level, ratio, monotonic time) of the last state queued (the deadband's reference).
+        self._last_state: dict[str, tuple[str, float | None, float]] = {}
         #: slug -> the last state published, sent again after a reconnect.
         self._published: dict[str, bytes] = {}
         #: slug -> monotonic time of the last state published.
@@ -354,6 +374,11 @@ class MqttChannel:
             return
         slug = self._remember(account, exchange)
         level = str(assessment_fields.get("level", "ok"))
+        ratio = assessment_fields.get("margin_ratio_pct")
+        now = time.monotonic()
+        if self._unchanged(slug, level, ratio, now):
+            return
+        self._last_state[slug] = (level, ratio if isinstance(ratio, int | float) else None, now)
         document: dict[str, Any] = {
             "account": account,
             "exchange": exchange,
@@ -364,6 +389,19 @@ class MqttChannel:
         document.setdefault("updated_at", _iso(self._clock()))
         self._pending[slug] = _encode(document)
         self._wake.set()
+
+    def _unchanged(self, slug: str, level: str, ratio: object, now: float) -> bool:
+        """Whether the last state queued for ``slug`` says this already (same level, ratio in the band)."""
+        last = self._last_state.get(slug)
+        if last is None or not isinstance(ratio, int | float):
+            return False
+        last_level, last_ratio, at = last
+        return (
+            last_level == level
+            and last_ratio is not None
+            and abs(ratio - last_ratio) < self.settings.state_min_change_pct
+            and now - at < self.settings.state_heartbeat_s
+        )
 
     def _remember(self, account: str, exchange: str) -> str:
         slug = account_slug(account)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from monitor.exchanges.client import Credentials as AccountCredentials
-    from monitor.risk.model import AccountSnapshot
+    from monitor.risk.model import AccountSnapshot, Assessment
     from monitor.service.daemon import AccountState, Daemon
 
 log = structlog.get_logger("margin_monitor.streaming")
@@ -51,6 +52,11 @@ CLOSE_TIMEOUT_S = 2.0
 #: assessed once a tick, not five times.
 COALESCE_S = 0.002
 
+#: Accounts recomputed between two yields to the event loop within one tick, nearest a threshold
+#: first: the alerts of those already done are stored (and new messages read) before the rest are
+#: computed, so an account about to cross waits for a few dozen others, not for a thousand.
+RECOMPUTE_SLICE = 16
+
 
 @dataclass(slots=True)
 class _Live:
@@ -60,6 +66,8 @@ class _Live:
     taken_at: float
     symbols: frozenset[str] = field(default_factory=frozenset)
     last_logged_at: float = 0.0
+    #: Distance of the last ratio from the nearest threshold (or 100%): the order of the next tick.
+    urgency: float = 0.0
 
 
 class Streaming:
@@ -94,6 +102,8 @@ class Streaming:
         self.ticks = 0
         self._pending_marks: dict[FeedKey, dict[str, float]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._applier: asyncio.Task[None] | None = None
+        self._levels = (*daemon.thresholds, 1.0)
 
     def _wants_stream(self, state: AccountState) -> bool:
         mode = state.config.mode
@@ -156,7 +166,7 @@ class Streaming:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        tasks = [*self._tasks, *self._refreshes]
+        tasks = [*self._tasks, *self._refreshes, *([self._applier] if self._applier is not None else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -244,39 +254,64 @@ class Streaming:
         del received_at
         pending = self._pending_marks.setdefault(key, {})
         pending.update(marks)
-        if self._flush_handle is None:
+        if self._flush_handle is None and self._applier is None:
             self._flush_handle = asyncio.get_running_loop().call_later(COALESCE_S, self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
-        batches, self._pending_marks = self._pending_marks, {}
-        for key, marks in batches.items():
-            held = self.index.get(key)
-            if not held:
-                continue
-            affected: set[str] = set()
-            for symbol in marks:
-                affected |= held.get(symbol, set())
-            for name in affected:
-                self._recompute(name, marks)
+        self._applier = asyncio.get_running_loop().create_task(self._apply(), name="marks:apply")
+
+    async def _apply(self) -> None:
+        """Recompute the accounts the pending marks touch, nearest a threshold first, in slices.
+
+        One applier at a time, so an account never sees an older mark after a newer one; marks that
+        arrive meanwhile are applied by its next round.
+        """
+        try:
+            while self._pending_marks:
+                batches, self._pending_marks = self._pending_marks, {}
+                work: list[tuple[float, str, dict[str, float]]] = []
+                for key, marks in batches.items():
+                    held = self.index.get(key)
+                    if not held:
+                        continue
+                    affected: set[str] = set()
+                    for symbol in marks:
+                        affected |= held.get(symbol, set())
+                    work.extend(
+                        (self.live[name].urgency, name, marks) for name in affected if name in self.live
+                    )
+                work.sort(key=lambda item: item[0])
+                for done, (_, name, marks) in enumerate(work, start=1):
+                    self._recompute(name, marks)
+                    if done % RECOMPUTE_SLICE == 0:
+                        await asyncio.sleep(0)
+        finally:
+            self._applier = None
 
     def _recompute(self, name: str, marks: Mapping[str, float]) -> None:
         live = self.live.get(name)
         if live is None:
             return
-        now = self._clock()
-        live.snapshot = live.snapshot.with_marks({s: p for s, p in marks.items() if s in live.symbols})
-        self.ticks += 1
         try:
+            now = self._clock()
+            live.snapshot = live.snapshot.with_marks({s: p for s, p in marks.items() if s in live.symbols})
+            self.ticks += 1
             assessment = assess(live.snapshot, self.daemon.thresholds)
-        except Exception:
+            live.urgency = self._urgency(assessment)
+            trusted = now - live.taken_at <= self.reconcile_s * SNAPSHOT_TRUST_PERIODS
+            canonical = now - live.last_logged_at >= self.daemon.accounts[name].config.poll_interval_s
+            if canonical:
+                live.last_logged_at = now
+            self.daemon.stream_assessed(name, assessment, fresh=trusted, log_line=canonical)
+        except Exception:  # one account's bad data must not stop the others' recomputes
             log.exception("stream.assess_failed", account=name)
-            return
-        trusted = now - live.taken_at <= self.reconcile_s * SNAPSHOT_TRUST_PERIODS
-        canonical = now - live.last_logged_at >= self.daemon.accounts[name].config.poll_interval_s
-        if canonical:
-            live.last_logged_at = now
-        self.daemon.stream_assessed(name, assessment, fresh=trusted, log_line=canonical)
+
+    def _urgency(self, assessment: Assessment) -> float:
+        """How close the account (or its nearest isolated position) is to a threshold, in ratio points."""
+        ratios = [assessment.margin_ratio] if assessment.margin_ratio is not None else []
+        ratios.extend(p.margin_ratio for p in assessment.positions if p.margin_ratio is not None)
+        return min((abs(ratio - level) for ratio in ratios for level in self._levels), default=math.inf)
 
     def on_user_event(self, name: str, event: UserEvent) -> None:
         """The user-data stream: re-read the account on an update, pass a margin call on."""
