@@ -15,7 +15,7 @@ Which shard a process is comes from, first to last:
 
 A shard keeps its own state directory (``<state_dir>/shard-I-of-N``) and its own MQTT client id and
 availability topic; the per-account MQTT topics do not change, so every shard's state meets on one
-broker.
+broker. Telegram commands are off (alerts are not): one bot cannot be polled by several processes.
 """
 
 from __future__ import annotations
@@ -160,6 +160,10 @@ def apply_shard(config: Config, shard: Shard | None) -> Config:
 
 
 def _channel_for(channel: ChannelConfig, shard: Shard) -> ChannelConfig:
+    if channel.type == "telegram":
+        # Telegram answers a second getUpdates poller of one bot with 409 Conflict, and a shard's
+        # /status would list its own accounts as if they were all: commands are off, alerts go out.
+        return replace(channel, options={**channel.options, "commands": False})
     if channel.type != "mqtt":
         return channel
     # Two clients with one id throw each other off the broker, over and over: each shard has its own.

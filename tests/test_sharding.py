@@ -15,12 +15,13 @@ import os
 import signal
 import sys
 from collections import Counter
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import pytest
 from monitor.cli import main
-from monitor.config import load_config
+from monitor.config import ChannelConfig, load_config
 from monitor.errors import UserInputError
 from monitor.notify.factory import build_channels
 from monitor.notify.mqtt import MqttChannel, account_slug, discovery_configs
@@ -42,8 +43,6 @@ from structlog.testing import capture_logs
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from monitor.config import ChannelConfig
 
     from mosquitto import MosquittoBroker
 
@@ -231,6 +230,10 @@ def test_apply_shard_keeps_its_accounts_and_separates_state_and_mqtt_identity(tm
     assert discovery_configs(settings[1], "acct-0", "binanceusdm")[0][1]["availability_topic"] == (
         f"{PREFIX}/status/shard-1-of-3"
     )
+    # Telegram: every shard sends alerts, none polls for commands (one bot, one poller).
+    telegram = ChannelConfig(name="tg", type="telegram", min_level="warning", options={"commands": True})
+    sharded = apply_shard(replace(config, channels=(telegram,)), Shard(0, 3))
+    assert [channel.options["commands"] for channel in sharded.channels] == [False]
     # No shard, or a shard of one: the configuration as written.
     assert apply_shard(config, None) is config
     assert apply_shard(config, Shard(0, 1)) is config
