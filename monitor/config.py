@@ -53,6 +53,8 @@ DEFAULT_TIER_REFRESH_H = 6.0
 DEFAULT_MARKET_REFRESH_H = 24.0
 #: A week: tiers and markets older than that are no longer the exchange's.
 MAX_REFRESH_H = 168.0
+#: Metrics, /healthz and the status page: loopback only unless the operator says otherwise.
+DEFAULT_HTTP_LISTEN = "127.0.0.1:9778"
 
 Mode = Literal["auto", "stream", "poll"]
 LogFormat = Literal["auto", "json", "console"]
@@ -103,7 +105,7 @@ _ALERTS_KEYS = (
     "target_ratio_pct",
     "max_alert_age_s",
 )
-_DAEMON_KEYS = ("state_dir", "log_format", "tier_refresh_h", "market_refresh_h", "reconcile_s")
+_DAEMON_KEYS = ("state_dir", "log_format", "tier_refresh_h", "market_refresh_h", "reconcile_s", "http_listen")
 _TOP_KEYS = ("accounts", "alerts", "daemon", "channels")
 
 LEVELS = ("ok", "warning", "danger", "critical", "liquidation")
@@ -232,6 +234,13 @@ class DaemonConfig:
     tier_refresh_h: float = DEFAULT_TIER_REFRESH_H
     market_refresh_h: float = DEFAULT_MARKET_REFRESH_H
     reconcile_s: float = 60.0
+    #: ``host:port`` of the metrics, health and status page server; ``""`` turns it off.
+    http_listen: str = DEFAULT_HTTP_LISTEN
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """``http_listen`` as (host, port), or ``None`` when the server is off."""
+        return parse_listen(self.http_listen) if self.http_listen else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +425,23 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
     xdg = environ.get("XDG_STATE_HOME", "")
     base = Path(xdg) if xdg else Path(environ.get("HOME") or Path.home()) / ".local" / "state"
     return base / "margin-monitor"
+
+
+_LISTEN = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9778`` for IPv6) as (host, port); ``ValueError`` saying what is wrong.
+
+    Port 0 asks the system for a free port (tests); the server logs the one it got.
+    """
+    match = _LISTEN.fullmatch(value)
+    if match is None:
+        raise ValueError(f"must be host:port (such as 127.0.0.1:9778, or [::1]:9778), got {value!r}")
+    port = int(match["port"])
+    if port > 65535:
+        raise ValueError(f"port must be 0 to 65535, got {port}")
+    return match["v6"] or match["host"], port
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -800,7 +826,20 @@ class _Parser:
                 "market_refresh_h", default=DEFAULT_MARKET_REFRESH_H, above=0.0, at_most=MAX_REFRESH_H
             ),
             reconcile_s=read.number("reconcile_s", default=60.0, above=0.0, at_most=3600.0),
+            http_listen=self.http_listen(read),
         )
+
+    def http_listen(self, read: _Reader) -> str:
+        value = read.optional_string("http_listen")
+        if value is None:
+            return DEFAULT_HTTP_LISTEN
+        if not value:
+            return ""  # the documented way to turn the server off
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise read.error("http_listen", str(exc)) from None
+        return value
 
 
 class _Reader:
