@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -82,12 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
                 "--for", dest="duration", default="1h", metavar="DURATION", help="e.g. 30m, 2h (1h)"
             )
         mute.add_argument("--config", metavar="FILE", help="TOML configuration (for its state_dir)")
+        _shard_flag(mute, "the shard whose state directory holds the mute")
 
     alerts = commands.add_parser("alerts", help="the alerts raised recently and where each delivery stands")
     alerts.add_argument("--config", required=True, metavar="FILE", help="TOML configuration")
     alerts.add_argument("--since", default="24h", metavar="DURATION", help="how far back (24h)")
     alerts.add_argument("--account", metavar="ACCOUNT", help="only this account")
     alerts.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    for command, what in (
+        (run, "watch only the accounts of shard I of N"),
+        (check, "also list the accounts shard I of N takes"),
+        (status, "poll only the accounts of shard I of N"),
+        (alerts, "the shard whose alerts to show"),
+    ):
+        _shard_flag(command, what)
 
     sim = commands.add_parser("sim", help="run the simulated exchange alone, for a config to aim at")
     sim.add_argument("--host", default="127.0.0.1")
@@ -96,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tick", type=_positive, default=1.0, metavar="S", help="seconds per scenario step")
     sim.add_argument("--accounts", type=int, default=0, metavar="N", help="extra bulk accounts")
     return parser
+
+
+def _shard_flag(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument(
+        "--shard",
+        metavar="I/N",
+        help=f"{what} (default: $MARGIN_MONITOR_SHARD, or $MARGIN_MONITOR_SHARDS with the host name's"
+        " -<ordinal>)",
+    )
 
 
 def _positive(text: str) -> float:
@@ -166,13 +185,20 @@ def _calc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _run(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from monitor.service.app import run_command  # noqa: PLC0415 - keeps `calc` free of ccxt's import time
 
-    return run_command(args.config)
+    return run_command(args.config, args.shard)
 
 
 def _check_config(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from monitor.config import check_config  # noqa: PLC0415 - keeps `calc` free of ccxt's import time
+    from monitor.config import check_config, load_config  # noqa: PLC0415 - keeps `calc` free of ccxt's import time
+    from monitor.sharding import shard_from  # noqa: PLC0415
 
+    shard = shard_from(args.shard, os.environ)
     print(check_config(args.config))
+    if shard is not None:
+        # Every account was checked above, whichever shard it belongs to: each shard reads them all.
+        names = [account.name for account in load_config(args.config).accounts]
+        taken = shard.select(names)
+        print(f"shard {shard} takes {len(taken)} of {len(names)} accounts: {', '.join(taken) or '(none)'}")
     return 0
 
 
@@ -182,8 +208,9 @@ def _status(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from monitor.render import status_report  # noqa: PLC0415
     from monitor.service.app import load_with_credentials, status_once  # noqa: PLC0415
     from monitor.service.logs import configure_logging  # noqa: PLC0415
+    from monitor.sharding import shard_from  # noqa: PLC0415
 
-    config, credentials = load_with_credentials(args.config)
+    config, credentials = load_with_credentials(args.config, shard_from(args.shard, os.environ))
     # Poll failures still log (to stderr here, so that stdout stays a clean table or document).
     configure_logging(config.daemon.log_format, stream=sys.stderr)
     documents = asyncio.run(status_once(config, credentials))
@@ -219,13 +246,15 @@ def _mute(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from monitor.service.app import mute_command  # noqa: PLC0415
 
     unmute = args.command == "unmute"
-    return mute_command(args.account, getattr(args, "duration", None), args.config, unmute=unmute)
+    return mute_command(
+        args.account, getattr(args, "duration", None), args.config, unmute=unmute, shard_flag=args.shard
+    )
 
 
 def _alerts(_parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from monitor.service.app import alerts_command  # noqa: PLC0415
 
-    return alerts_command(args.config, args.since, args.account, as_json=args.json)
+    return alerts_command(args.config, args.since, args.account, as_json=args.json, shard_flag=args.shard)
 
 
 def _load_json(name: str) -> object:

@@ -276,6 +276,8 @@ class Config:
     daemon: DaemonConfig
     path: Path
     channels: tuple[ChannelConfig, ...] = ()
+    #: ``I/N`` when this process runs one shard of the file (``monitor.sharding.apply_shard``), else "".
+    shard: str = ""
 
     def account(self, name: str) -> AccountConfig:
         """The account called ``name``; ``KeyError`` when there is none."""

@@ -76,6 +76,7 @@ def _build(config: ChannelConfig, secrets: Mapping[str, str]) -> Channel:
                 client_id=_optional_str(options.get("client_id")),
                 discovery=bool(options["discovery"]),
                 discovery_prefix=str(options["discovery_prefix"]),
+                instance=_optional_str(options.get("instance")),  # set by sharding, not by the file
             ),
             name=name,
             min_level=min_level,

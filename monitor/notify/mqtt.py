@@ -4,7 +4,8 @@ Topics, with ``<prefix>`` the configured ``topic_prefix`` (default ``margin-moni
 ``<account>`` the account's name made topic-safe (``account_slug``):
 
 - ``<prefix>/status``: ``online`` / ``offline``, retained; ``offline`` is also the last will, so a
-  killed daemon shows as offline.
+  killed daemon shows as offline. A shard (``instance`` set, ``monitor/sharding.py``) has its own,
+  ``<prefix>/status/<instance>``: its accounts show as offline when it dies, the other shards' do not.
 - ``<prefix>/<account>/alert``: one JSON document per alert (``Alert.to_dict()``, with its ``id``),
   QoS 1, not retained. ``send`` returns once the broker acknowledged it (PUBACK).
 - ``<prefix>/<account>/state``: the account's latest figures as JSON, retained, at most once per
@@ -73,6 +74,7 @@ class MqttSettings:
     state with the same level worth sending again.
     ``reconnect_min_s``/``reconnect_max_s`` bound the jittered backoff between connection
     attempts; ``connect_timeout_s`` and ``publish_timeout_s`` bound every wait on the network.
+    ``instance`` names one of several processes sharing the broker (a shard's ``shard-I-of-N``).
     """
 
     host: str
@@ -93,6 +95,13 @@ class MqttSettings:
     publish_timeout_s: float = 5.0
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    instance: str | None = None
+
+    @property
+    def status_topic(self) -> str:
+        """The retained online/offline topic (the last will): one per instance."""
+        base = f"{self.topic_prefix}/status"
+        return base if self.instance is None else f"{base}/{self.instance}"
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -118,6 +127,8 @@ class MqttSettings:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)!r}")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ConfigError("reconnect_max_s", "must not be below reconnect_min_s")
+        if self.instance is not None and (not self.instance or _SAFE_SEGMENT.search(self.instance)):
+            raise ConfigError("instance", f"must be letters, digits, '_' and '-', got {self.instance!r}")
         if self.keepalive_s < 5:
             raise ConfigError("keepalive_s", f"must be at least 5 seconds, got {self.keepalive_s}")
 
@@ -160,7 +171,7 @@ def discovery_configs(
     state_topic = f"{settings.topic_prefix}/{slug}/state"
     common: dict[str, Any] = {
         "state_topic": state_topic,
-        "availability_topic": f"{settings.topic_prefix}/status",
+        "availability_topic": settings.status_topic,
         "payload_available": STATUS_ONLINE,
         "payload_not_available": STATUS_OFFLINE,
         "device": {
@@ -279,7 +290,7 @@ class MqttChannel:
         self.connections = 0
         self._clock = clock
         self._prefix = settings.topic_prefix
-        self._status_topic = f"{self._prefix}/status"
+        self._status_topic = settings.status_topic
         self._task: asyncio.Task[None] | None = None
         self._session: _Session | None = None
         self._closed = False

@@ -48,6 +48,7 @@ from monitor.service.httpd import HttpServer
 from monitor.service.logs import REDACTOR, configure_logging
 from monitor.service.metrics import UNSHARDED, Metrics
 from monitor.service.streaming import Streaming
+from monitor.sharding import Shard, apply_shard, shard_from, shard_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -65,9 +66,15 @@ DEMO_POLL_INTERVAL_S = 1.0
 DEMO_FASTEST_POLL_S = 0.3
 
 
-def load_with_credentials(path: str | Path) -> tuple[Config, dict[str, Credentials]]:
-    """Load ``path`` and resolve every account's credentials (``ConfigError`` on the first problem)."""
-    config = load_config(path)
+def load_with_credentials(
+    path: str | Path, shard: Shard | None = None
+) -> tuple[Config, dict[str, Credentials]]:
+    """Load ``path`` and resolve every account's credentials (``ConfigError`` on the first problem).
+
+    With ``shard``, only that shard's accounts are kept (and their credentials read): every part
+    downstream sees the shard's configuration alone.
+    """
+    config = apply_shard(load_config(path), shard)
     credentials: dict[str, Credentials] = {}
     secrets: list[str] = []
     for account in config.accounts:
@@ -248,7 +255,7 @@ async def run_daemon(
     add_secrets(secrets)
     # The HTTP server first: a port it cannot bind stops us before any client opens, and /healthz
     # answers "starting" meanwhile.
-    async with Alerts(config, channels) as alerts, http_for(config, alerts):
+    async with Alerts(config, channels) as alerts, http_for(config, alerts, shard=config.shard or UNSHARDED):
         markets = MarketCache()
         daemon = Daemon(config, build_sources(config, credentials, markets))
         alerts.attach(daemon)
@@ -309,12 +316,38 @@ async def streams_for(
         await streaming.close()
 
 
-def run_command(config_path: str) -> int:
-    """``margin-monitor run``: configure logging, then poll until stopped."""
-    config, credentials = load_with_credentials(config_path)
+def run_command(config_path: str, shard_flag: str | None = None) -> int:
+    """``margin-monitor run``: configure logging, then poll until stopped.
+
+    ``shard_flag`` is ``--shard I/N``; without it the environment may name a shard (``shard_from``).
+    """
+    shard = shard_from(shard_flag, os.environ)
+    config, credentials = load_with_credentials(config_path, shard)
     configure_logging(config.daemon.log_format, secrets=sorted(_SECRETS))
+    if shard is not None:
+        log_shard(config, shard)
     asyncio.run(run_daemon(config, credentials))
     return 0
+
+
+def log_shard(config: Config, shard: Shard) -> None:
+    """Say which shard this process is and how many accounts it took (zero is allowed, and said)."""
+    count = len(config.accounts)
+    log.info(
+        "daemon.shard",
+        index=shard.index,
+        count=shard.count,
+        accounts=count,
+        origin=shard.origin,
+        state_dir=str(config.daemon.state_dir),
+    )
+    if count == 0:
+        log.warning(
+            "daemon.shard_empty",
+            index=shard.index,
+            count=shard.count,
+            hint="no account of the configuration hashes to this shard; it runs and waits",
+        )
 
 
 async def status_once(config: Config, credentials: Mapping[str, Credentials]) -> list[dict[str, Any]]:
@@ -512,18 +545,36 @@ def run_test_alert(config_path: str, channel_name: str | None) -> int:
     return 0 if all(error is None for _, error, _ in results) else 1
 
 
-def _state_dir(config_path: str | None) -> tuple[Path, list[str] | None]:
+def _state_dir(config_path: str | None, shard: Shard | None) -> tuple[Path, list[str] | None]:
     if config_path is None:
-        return default_state_dir(os.environ), None
+        state_dir = default_state_dir(os.environ)
+        return (state_dir / shard.label if shard is not None and shard.count > 1 else state_dir), None
     config = load_config(config_path)
-    return config.daemon.state_dir, [account.name for account in config.accounts]
+    return apply_shard(config, shard).daemon.state_dir, [account.name for account in config.accounts]
 
 
-def mute_command(account: str, duration: str | None, config_path: str | None, *, unmute: bool) -> int:
-    """``margin-monitor mute|unmute ACCOUNT``: shared with the running daemon through the state dir."""
-    state_dir, accounts = _state_dir(config_path)
+def mute_command(
+    account: str,
+    duration: str | None,
+    config_path: str | None,
+    *,
+    unmute: bool,
+    shard_flag: str | None = None,
+) -> int:
+    """``margin-monitor mute|unmute ACCOUNT``: shared with the running daemon through the state dir.
+
+    A sharded daemon (``--shard`` or the environment, as for ``run``) keeps its mutes in its shard's
+    state directory; an account another shard watches is refused, naming that shard.
+    """
+    shard = shard_from(shard_flag, os.environ)
+    state_dir, accounts = _state_dir(config_path, shard)
     if accounts is not None and account not in accounts:
         raise UserInputError("ACCOUNT", f"no account named {account!r} (accounts: {', '.join(accounts)})")
+    if shard is not None and not shard.takes(account):
+        owner = shard_of(account, shard.count)
+        raise UserInputError(
+            "ACCOUNT", f"{account!r} is watched by shard {owner}/{shard.count}, not {shard}: mute it there"
+        )
     mutes = Mutes(state_dir)
     if unmute:
         print(f"{account} unmuted" if mutes.unmute(account) else f"{account} was not muted")
@@ -538,9 +589,11 @@ def mute_command(account: str, duration: str | None, config_path: str | None, *,
     return 0
 
 
-def alerts_command(config_path: str, since: str, account: str | None, *, as_json: bool) -> int:
-    """``margin-monitor alerts``: what was raised since then, and where each delivery stands."""
-    config = load_config(config_path)
+def alerts_command(
+    config_path: str, since: str, account: str | None, *, as_json: bool, shard_flag: str | None = None
+) -> int:
+    """``margin-monitor alerts``: what was raised since then, and where each delivery stands (of a shard)."""
+    config = apply_shard(load_config(config_path), shard_from(shard_flag, os.environ))
     try:
         window = parse_duration(since)
     except ValueError as exc:
