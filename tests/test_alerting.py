@@ -52,6 +52,7 @@ async def test_a_restart_neither_forgets_nor_resends(tmp_path: Path) -> None:
     first = Alerting(POLICY, Collector(), tmp_path, clock=clock)
     raised = await first.assessed("main", "binanceusdm", at_ratio(1.15))
     assert [(a.kind, a.level) for a in raised] == [(AlertKind.FIRING, "critical")]
+    await first.flush()  # the daemon's shutdown does this; a crash loses at most SAVE_EVERY_S of it
     assert (tmp_path / STATE_FILE).exists()
 
     clock.now += 60

@@ -8,6 +8,8 @@ the tests that run the real loop use the wall clock with millisecond backoffs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import os
 import signal
 import sys
@@ -176,6 +178,30 @@ async def test_an_alert_is_stored_before_its_channel_is_called(outbox: Outbox, t
     assert seen == [1]
     assert channel.sent == ["alert-1"]
     assert outbox.pending_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_alerts_submitted_together_are_stored_together_and_a_bad_one_fails_alone(
+    outbox: Outbox,
+) -> None:
+    """Group commit: concurrent submits share a transaction, and a bad one fails alone.
+
+    An alert that cannot be stored (a NaN the outbox refuses) fails its own submit only; its
+    neighbours in the same turn of the loop are stored and delivered.
+    """
+    channel = ScriptedChannel("telegram")
+    sender = dispatcher(outbox, channel)
+    bad = dataclasses.replace(make_alert(2), margin_ratio_pct=math.nan)
+    results = await asyncio.gather(
+        sender.submit(make_alert(1)), sender.submit(bad), sender.submit(make_alert(3)), return_exceptions=True
+    )
+    assert results[0] is None
+    assert isinstance(results[1], ValueError)
+    assert results[2] is None
+    assert outbox.pending_count("telegram") == 2
+    with capture_logs():
+        outcomes = await sender.deliver_once()
+    assert [outcome.alert_id for outcome in outcomes] == ["alert-1", "alert-3"]
 
 
 @pytest.mark.asyncio

@@ -245,21 +245,33 @@ class Outbox:
         Idempotent on ``alert.id``: a second add of the same id stores nothing, whatever its channels,
         so an engine that re-emits an alert after a restart cannot have it sent twice.
         """
-        body = json.dumps(alert.to_dict(), separators=(",", ":"), allow_nan=False)
+        return self.add_many([(alert, channels)])[0]
+
+    def add_many(self, items: Iterable[tuple[Alert, Iterable[str]]]) -> list[bool]:
+        """``add`` for several alerts in one transaction (one commit: a burst of alerts is one write).
+
+        All or nothing: if any fails to store, none is stored and the error is raised.
+        """
         now = self._clock()
+        rows = [
+            (alert, json.dumps(alert.to_dict(), separators=(",", ":"), allow_nan=False), channels)
+            for alert, channels in items
+        ]
+        added: list[bool] = []
         with self._transaction():
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO alerts (id, account, kind, level, created_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (alert.id, alert.account, alert.kind.value, alert.level, alert.created_at, body),
-            )
-            if cursor.rowcount == 0:
-                return False
-            self._db.executemany(
-                "INSERT INTO deliveries (alert_id, channel, next_attempt_at) VALUES (?, ?, ?)",
-                [(alert.id, channel, now) for channel in dict.fromkeys(channels)],
-            )
-        return True
+            for alert, body, channels in rows:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO alerts (id, account, kind, level, created_at, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (alert.id, alert.account, alert.kind.value, alert.level, alert.created_at, body),
+                )
+                added.append(cursor.rowcount == 1)
+                if cursor.rowcount == 1:
+                    self._db.executemany(
+                        "INSERT INTO deliveries (alert_id, channel, next_attempt_at) VALUES (?, ?, ?)",
+                        [(alert.id, channel, now) for channel in dict.fromkeys(channels)],
+                    )
+        return added
 
     def delivered(self, delivery: Delivery) -> bool:
         """Mark ``delivery`` done (its channel returned); False if it was no longer pending."""

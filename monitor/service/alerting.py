@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -40,6 +41,12 @@ log = structlog.get_logger("margin_monitor.alerting")
 
 STATE_FILE = "alerts-state.json"
 MUTES_FILE = "mutes.json"
+
+#: The alert state file is written at most this often (a burst's changes wait and go in one write).
+SAVE_EVERY_S = 0.5
+
+#: How often the mutes file is looked at for changes another process (the CLI) made.
+MUTES_RELOAD_S = 1.0
 
 
 class Submitter(Protocol):
@@ -78,6 +85,7 @@ class Mutes:
         self._clock = clock
         self._until: dict[str, float] = {}
         self._mtime: float | None = None
+        self._checked_at = -math.inf
 
     def until(self, account: str) -> float | None:
         """When ``account``'s mute ends (Unix time), or ``None`` if it is not muted."""
@@ -107,6 +115,11 @@ class Mutes:
         return {account: until for account, until in self._until.items() if until > now}
 
     def _reload(self) -> None:
+        # Every assessment asks; a stat per ask cost more than the assessment on a busy disk.
+        now = self._clock()
+        if now - self._checked_at < MUTES_RELOAD_S:
+            return
+        self._checked_at = now
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
@@ -147,8 +160,13 @@ class Alerting:
         self._clock = clock
         self._path = state_dir / STATE_FILE
         self.states: dict[str, KeyState] = self._load()
+        #: Each key's state as the file holds it, rebuilt only when the key's durable part changes:
+        #: a save then copies a dict, however many keys there are.
+        self._documents = {key: _document(state) for key, state in self.states.items()}
         self._dirty = False
         self._save_lock = asyncio.Lock()
+        self._saved_at = -math.inf
+        self._saver: asyncio.Task[None] | None = None
 
     def _load(self) -> dict[str, KeyState]:
         try:
@@ -216,6 +234,7 @@ class Alerting:
         previous = self.states.get(key)
         self.states[key] = state
         if previous is None or _durable(previous) != _durable(state):
+            self._documents[key] = _document(state)
             self._dirty = True
         return alerts
 
@@ -224,19 +243,33 @@ class Alerting:
         # (receivers drop it by id or see it twice), where the other order could lose it.
         for alert in alerts:
             await self.submitter.submit(alert)
+        if self._dirty and (self._saver is None or self._saver.done()):
+            # In the background: the caller (a mark tick's recompute) need not wait for the disk.
+            self._saver = asyncio.get_running_loop().create_task(self._save(), name="alerts:save")
+
+    async def flush(self) -> None:
+        """Write the state file now if anything changed (shutdown; tests), after a save in flight."""
+        if self._saver is not None:
+            await asyncio.gather(self._saver, return_exceptions=True)
         if self._dirty:
+            self._saved_at = -math.inf
             await self._save()
 
     async def _save(self) -> None:
-        # One writer at a time; a change made while it writes is picked up by its next round, so a
-        # burst of changes (a crash crossing a thousand accounts) costs a few writes, not a thousand.
+        # One writer at a time; a change made while it writes is picked up by its next round, at
+        # most every SAVE_EVERY_S, so a burst of changes (a crash crossing a thousand accounts) costs
+        # a few writes, not a thousand, and the writer thread does not hold the GIL against the loop
+        # the whole burst long. The alerts themselves are in the outbox already.
         if self._save_lock.locked():
             return
         async with self._save_lock:
             while self._dirty:
+                wait = self._saved_at + SAVE_EVERY_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._saved_at = time.monotonic()
                 self._dirty = False
-                # Without the fast-fall history: it is short-lived, and the file stays small.
-                document = {key: replace(state, history=()).to_dict() for key, state in self.states.items()}
+                document = dict(self._documents)
                 try:
                     # fsync takes milliseconds now and then: off the event loop.
                     await asyncio.to_thread(_write_json, self._path, document)
@@ -246,9 +279,22 @@ class Alerting:
                     return
 
 
-def _durable(state: KeyState) -> KeyState:
+def _durable(state: KeyState) -> tuple[object, ...]:
     # The ratio history only serves the fast-fall window: not worth a write on every poll.
-    return replace(state, history=(), last_ratio=None)
+    return (
+        state.level,
+        state.since,
+        state.blind,
+        state.notified_level,
+        state.last_notified_at,
+        state.last_fast_fall_at,
+        state.last_margin_call_at,
+    )
+
+
+def _document(state: KeyState) -> dict[str, Any]:
+    # Without the fast-fall history: it is short-lived, and the file stays small.
+    return replace(state, history=()).to_dict()
 
 
 def _write_json(path: Path, document: Any) -> None:  # noqa: ANN401 - any JSON document

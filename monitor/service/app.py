@@ -187,6 +187,11 @@ class Alerts:
     ) -> None:
         for task in self._tasks[1:]:
             task.cancel()
+        if self.alerting is not None:
+            try:
+                await self.alerting.flush()
+            except Exception:
+                log.exception("alerts.state_not_saved")
         if self.dispatcher is not None:
             await self.dispatcher.stop()
         for task in self._tasks:
