@@ -19,7 +19,10 @@ import pytest
 UNITS = Path(__file__).resolve().parent.parent / "systemd"
 INSTALLED = "/opt/margin-monitor/bin/margin-monitor"
 #: What the unit files are checked as: the plain unit, and one instance of the template.
-AS = {"margin-monitor.service": "margin-monitor.service", "margin-monitor@.service": "margin-monitor@eu.service"}
+AS = {
+    "margin-monitor.service": "margin-monitor.service",
+    "margin-monitor@.service": "margin-monitor@eu.service",
+}
 MAX_EXPOSURE = 2.0
 
 
@@ -71,7 +74,7 @@ def installed_copy(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", sorted(AS))
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
-    """verify: exit 0 and not a single warning (unknown keys, bad values, missing binaries)."""
+    """Run verify: exit 0 and not a single warning (unknown keys, bad values, missing binaries)."""
     done = run(["verify", AS[name]], installed_copy(tmp_path))
     assert done.returncode == 0, done.stderr
     assert (done.stdout + done.stderr).strip() == ""
@@ -79,7 +82,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, name: str) -> None:
 
 def test_verify_reports_what_it_finds(tmp_path: Path) -> None:
     """The check above can fail: verify prints a warning for an unknown key and a bad value."""
-    bad = (UNITS / "margin-monitor.service").read_text(encoding="utf-8").replace(INSTALLED, str(entry_point()))
+    bad = (
+        (UNITS / "margin-monitor.service").read_text(encoding="utf-8").replace(INSTALLED, str(entry_point()))
+    )
     bad = bad.replace("Restart=on-failure", "Restart=sometimes\nWatchdogSecs=60s")
     (tmp_path / "margin-monitor.service").write_text(bad, encoding="utf-8")
     done = run(["verify", "margin-monitor.service"], tmp_path)
@@ -89,7 +94,7 @@ def test_verify_reports_what_it_finds(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(AS))
 def test_units_score_2_or_better_in_systemd_analyze_security(tmp_path: Path, name: str) -> None:
-    """security --offline=true: an overall exposure of 2.0 or less (lower is safer)."""
+    """Run security --offline=true: an overall exposure of 2.0 or less (lower is safer)."""
     done = run(["security", "--offline=true", "--no-pager", AS[name]], installed_copy(tmp_path))
     assert done.returncode == 0, done.stderr
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
@@ -108,7 +113,9 @@ def test_units_say_what_the_daemon_needs(name: str) -> None:
     assert found["WatchdogSec"] == ["60s"]
     assert found["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert found["ConfigurationDirectory"] == ["margin-monitor"]
-    assert found["StateDirectory"] == ["margin-monitor" if name == "margin-monitor.service" else "margin-monitor/%i"]
+    assert found["StateDirectory"] == [
+        "margin-monitor" if name == "margin-monitor.service" else "margin-monitor/%i"
+    ]
     assert found["LoadCredential"] == ["margin-monitor:/etc/credstore/margin-monitor"]
     (start,) = found["ExecStart"]
     assert start.startswith(f"{INSTALLED} run --config ")
