@@ -278,6 +278,8 @@ async def run_daemon(
                 generation = await _run_generation(generation, stop, runtime, reloader, supervisor)
     finally:
         announce.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announce
         reloader.uninstall()
         notifier.close()
 
@@ -365,7 +367,8 @@ class Reloader:
         try:
             self.check()
         except Exception:
-            log.exception("config.reload_failed")
+            log.exception("config.reload_failed", hint="the old configuration runs on")
+            self._back_to_ready()
 
     def check(self) -> None:
         """Load the file again; queue it for the next generation, or refuse it with one line."""
@@ -381,16 +384,19 @@ class Reloader:
             log.error(  # noqa: TRY400 - one line naming the problem; a traceback would only bury it
                 "config.reload_refused", path=str(path), error=str(exc), hint="the old one runs on"
             )
-            daemon = self.runtime.daemon
-            if daemon is not None and daemon.scheduling:
-                # Back from RELOADING=1 (systemd heeds it only once the service is ready).
-                self.supervisor.ready(daemon)
+            self._back_to_ready()
             return
         add_secrets(secrets)
         if config.daemon.log_format != self.runtime.config.daemon.log_format:
             configure_logging(config.daemon.log_format, secrets=sorted(_SECRETS))
         self.pending = Generation(config, credentials, channels)
         self.requested.set()
+
+    def _back_to_ready(self) -> None:
+        # Out of RELOADING=1 with the old configuration (systemd heeds it only once we were ready).
+        daemon = self.runtime.daemon
+        if daemon is not None and daemon.scheduling:
+            self.supervisor.ready(daemon)
 
 
 async def _run_generation(
