@@ -217,12 +217,18 @@ def write_config(
 
 
 @contextlib.asynccontextmanager
-async def daemon_in_process(config_path: Path, notifier: Notifier, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: ANN401 - yields (runtime, stop)
+async def daemon_in_process(
+    config_path: Path,
+    notifier: Notifier,
+    monkeypatch: pytest.MonkeyPatch,
+    watchers: tuple[Callable[[Runtime], None], ...] = (),
+) -> Any:  # noqa: ANN401 - yields (runtime, stop)
     """``run_daemon`` on ``config_path`` in this process; stopped (and awaited) on exit."""
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     config, credentials = load_with_credentials(config_path)
     runtime = Runtime(config)
+    runtime.on_switch.extend(watchers)
     stop = asyncio.Event()
     task = asyncio.create_task(run_daemon(config, credentials, stop, runtime=runtime, notifier=notifier))
     try:
@@ -394,6 +400,55 @@ async def test_sighup_reload_keeps_alert_state_and_pending_deliveries(
             assert outbox_pending(state_dir) == 0
     finally:
         listener.close()
+
+
+@pytest.mark.asyncio
+async def test_a_bad_file_is_refused_and_watchers_follow_the_running_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused reload keeps the daemon and says READY again; ``on_switch`` sees every new daemon.
+
+    This is how a reader from outside (metrics, a status page) keeps up with reloads; one that
+    raises is logged and does not stop the others or the reload.
+    """
+    listener = NotifySocket(abstract=True)
+    notifier = Notifier({"NOTIFY_SOCKET": listener.address})
+    seen: list[Daemon | None] = []
+
+    def broken(_runtime: Runtime) -> None:
+        raise RuntimeError("a watcher's bug")
+
+    try:
+        async with SimServer(scenario="flat") as sim:
+            path = write_config(tmp_path / "margin-monitor.toml", sim.base_url)
+            watchers = (broken, lambda runtime: seen.append(runtime.daemon))
+            with capture_logs() as logs:
+                async with daemon_in_process(path, notifier, monkeypatch, watchers) as (runtime, _):
+                    await listener.wait_for(lambda fields: "READY" in fields)
+                    assert seen == [runtime.daemon]
+                    good = path.read_text(encoding="utf-8")
+                    path.write_text(good.replace('exchange = "binanceusdm"', 'exchange = "binanceusdmm"'))
+                    mark = len(listener.snapshot())
+                    os.kill(os.getpid(), signal.SIGHUP)
+                    index, _ = await listener.wait_for(lambda fields: "RELOADING" in fields, since=mark)
+                    _, ready = await listener.wait_for(lambda fields: "READY" in fields, since=index)
+                    assert ready["STATUS"].startswith("1 account, worst ")
+                    assert seen == [runtime.daemon]  # the same daemon runs on
+                    path.write_text(good.replace("poll_interval_s = 0.5", "poll_interval_s = 0.4"))
+                    mark = len(listener.snapshot())
+                    os.kill(os.getpid(), signal.SIGHUP)
+                    await listener.wait_for(lambda fields: "READY" in fields, since=mark + 1)
+                    assert len(seen) == 2
+                    assert seen[1] is runtime.daemon
+                    assert runtime.daemon is not None
+                    assert runtime.daemon.accounts["demo"].config.poll_interval_s == 0.4
+    finally:
+        listener.close()
+    (refused,) = [line for line in logs if line["event"] == "config.reload_refused"]
+    assert "accounts[0].exchange" in refused["error"]
+    assert str(path) in refused["error"]
+    assert refused["log_level"] == "error"
+    assert [line["event"] for line in logs].count("runtime.switch_callback_failed") == 2
 
 
 def _alerts(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
