@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import pytest
 from monitor.notify.outbox import Outbox
 from monitor.service.app import Runtime, load_with_credentials, run_daemon
@@ -210,7 +211,8 @@ def write_config(
         for name in accounts
     )
     path.write_text(
-        f'[daemon]\nstate_dir = "{path.parent / "state"}"\nlog_format = "json"\n\n{tables}{extra}',
+        f'[daemon]\nstate_dir = "{path.parent / "state"}"\nlog_format = "json"\n'
+        f'http_listen = "127.0.0.1:0"  # any free port: tests run side by side\n\n{tables}{extra}',
         encoding="utf-8",
     )
     return path
@@ -434,14 +436,21 @@ async def test_a_bad_file_is_refused_and_watchers_follow_the_running_daemon(
                     _, ready = await listener.wait_for(lambda fields: "READY" in fields, since=index)
                     assert ready["STATUS"].startswith("1 account, worst ")
                     assert seen == [runtime.daemon]  # the same daemon runs on
-                    path.write_text(good.replace("poll_interval_s = 0.5", "poll_interval_s = 0.4"))
+                    assert runtime.http is not None
+                    server = runtime.http
+                    assert [item["account"] for item in (await api_status(server.url))["accounts"]] == [
+                        "demo"
+                    ]
+                    write_config(path, sim.base_url, accounts=("demo", "second"))
                     mark = len(listener.snapshot())
                     os.kill(os.getpid(), signal.SIGHUP)
                     await listener.wait_for(lambda fields: "READY" in fields, since=mark + 1)
                     assert len(seen) == 2
                     assert seen[1] is runtime.daemon
-                    assert runtime.daemon is not None
-                    assert runtime.daemon.accounts["demo"].config.poll_interval_s == 0.4
+                    # The HTTP server kept running, and now shows the new daemon.
+                    assert runtime.http is server
+                    document = await api_status(server.url)
+                    assert [item["account"] for item in document["accounts"]] == ["demo", "second"]
     finally:
         listener.close()
     (refused,) = [line for line in logs if line["event"] == "config.reload_refused"]
@@ -449,6 +458,14 @@ async def test_a_bad_file_is_refused_and_watchers_follow_the_running_daemon(
     assert str(path) in refused["error"]
     assert refused["log_level"] == "error"
     assert [line["event"] for line in logs].count("runtime.switch_callback_failed") == 2
+
+
+async def api_status(url: str) -> dict[str, Any]:
+    """``GET /api/status`` of the daemon's HTTP server."""
+    async with aiohttp.ClientSession() as session, session.get(f"{url}api/status") as response:
+        assert response.status == 200
+        document: dict[str, Any] = await response.json()
+    return document
 
 
 def _alerts(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -272,7 +272,9 @@ async def run_daemon(
         # The HTTP server first, once for the process: a port it cannot bind stops us before any
         # client opens, and /healthz answers "starting" meanwhile. It reads everything through
         # ``runtime``, which a reload re-points at the new daemon (``http_listen`` itself needs a restart).
-        async with supervised(supervisor), http_for(config, runtime, shard=config.shard or UNSHARDED):
+        shard = config.shard or UNSHARDED
+        async with supervised(supervisor), http_for(config, runtime, shard=shard) as server:
+            runtime.http = server
             generation: Generation | None = Generation(config, credentials, None)
             while generation is not None and not stop.is_set():
                 generation = await _run_generation(generation, stop, runtime, reloader, supervisor)
@@ -312,6 +314,8 @@ class Runtime:
         self.on_switch: list[Callable[[Runtime], None]] = []
         #: Set by ``http_for``: every generation's daemon feeds these metrics.
         self.metrics: Metrics | None = None
+        #: The metrics, health and status server (``None`` when ``http_listen`` is off).
+        self.http: HttpServer | None = None
 
     @property
     def outbox(self) -> Outbox | None:
