@@ -27,6 +27,7 @@ import pytest
 from monitor.notify.outbox import Outbox
 from monitor.service.app import Runtime, load_with_credentials, run_daemon
 from monitor.service.sdnotify import Notifier, Supervisor, status_line
+from monitor.sharding import Shard
 from monitor.sim import DEMO_API_KEY, DEMO_SECRET, SimServer
 from structlog.testing import capture_logs
 
@@ -224,11 +225,12 @@ async def daemon_in_process(
     notifier: Notifier,
     monkeypatch: pytest.MonkeyPatch,
     watchers: tuple[Callable[[Runtime], None], ...] = (),
+    shard: Shard | None = None,
 ) -> Any:  # noqa: ANN401 - yields (runtime, stop)
-    """``run_daemon`` on ``config_path`` in this process; stopped (and awaited) on exit."""
+    """``run_daemon`` on ``config_path`` (as ``shard``) in this process; stopped (and awaited) on exit."""
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    config, credentials = load_with_credentials(config_path)
+    config, credentials = load_with_credentials(config_path, shard)
     runtime = Runtime(config)
     runtime.on_switch.extend(watchers)
     stop = asyncio.Event()
@@ -458,6 +460,34 @@ async def test_a_bad_file_is_refused_and_watchers_follow_the_running_daemon(
     assert str(path) in refused["error"]
     assert refused["log_level"] == "error"
     assert [line["event"] for line in logs].count("runtime.switch_callback_failed") == 2
+
+
+@pytest.mark.asyncio
+async def test_a_shard_reloads_as_the_same_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload keeps the process's shard: the new file's accounts of that shard, the same state dir."""
+    listener = NotifySocket(abstract=True)
+    notifier = Notifier({"NOTIFY_SOCKET": listener.address})
+    shard = Shard(1, 2)
+    before = [f"acct{i}" for i in range(6)]
+    after = [f"acct{i}" for i in range(12)]
+    try:
+        async with SimServer(scenario="flat") as sim:
+            path = write_config(tmp_path / "margin-monitor.toml", sim.base_url, accounts=tuple(before))
+            async with daemon_in_process(path, notifier, monkeypatch, shard=shard) as (runtime, _):
+                await listener.wait_for(lambda fields: "READY" in fields)
+                assert runtime.daemon is not None
+                assert list(runtime.daemon.accounts) == shard.select(before)
+                state_dir = runtime.config.daemon.state_dir
+                assert state_dir.name == shard.label
+                write_config(path, sim.base_url, accounts=tuple(after))
+                mark = len(listener.snapshot())
+                os.kill(os.getpid(), signal.SIGHUP)
+                await listener.wait_for(lambda fields: "READY" in fields, since=mark + 1)
+                assert list(runtime.daemon.accounts) == shard.select(after)
+                assert runtime.config.daemon.state_dir == state_dir
+                assert runtime.config.shard == "1/2"
+    finally:
+        listener.close()
 
 
 async def api_status(url: str) -> dict[str, Any]:

@@ -381,7 +381,7 @@ class Reloader:
         log.info("config.reloading", path=str(path))
         try:
             # The same shard of the new file (its accounts, state directory and MQTT identity).
-            shard = None if self.runtime.config.shard is None else parse_shard(self.runtime.config.shard)
+            shard = parse_shard(self.runtime.config.shard) if self.runtime.config.shard else None
             config, credentials = load_with_credentials(path, shard)
             channels, secrets = build_channels(config.channels)
         except UserInputError as exc:
