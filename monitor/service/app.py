@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -47,8 +47,9 @@ from monitor.service.daemon import Daemon
 from monitor.service.httpd import HttpServer
 from monitor.service.logs import REDACTOR, configure_logging
 from monitor.service.metrics import UNSHARDED, Metrics
+from monitor.service.sdnotify import Notifier, Supervisor, supervised
 from monitor.service.streaming import Streaming
-from monitor.sharding import Shard, apply_shard, shard_from, shard_of
+from monitor.sharding import Shard, apply_shard, parse_shard, shard_from, shard_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -251,33 +252,237 @@ def _state_publisher(channel: MqttChannel) -> Callable[[str, str, Assessment], N
 
 
 async def run_daemon(
-    config: Config, credentials: Mapping[str, Credentials], stop: asyncio.Event | None = None
+    config: Config,
+    credentials: Mapping[str, Credentials],
+    stop: asyncio.Event | None = None,
+    *,
+    runtime: Runtime | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
-    """Run the daemon and its alerting until ``stop`` is set (or SIGTERM/SIGINT arrives)."""
+    """Run the daemon and its alerting until ``stop`` is set (or SIGTERM/SIGINT arrives).
+
+    Under systemd (``$NOTIFY_SOCKET``) it reports ``READY=1`` after the first round of polls, feeds
+    the watchdog from the scheduler's progress, keeps ``STATUS=`` current and says ``STOPPING=1``.
+    SIGHUP reloads ``config.path`` (see ``Reloader``); ``runtime`` always holds what runs now.
+    """
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
-    channels, secrets = build_channels(config.channels)
-    add_secrets(secrets)
-    # The HTTP server first: a port it cannot bind stops us before any client opens, and /healthz
-    # answers "starting" meanwhile.
-    async with Alerts(config, channels) as alerts, http_for(config, alerts, shard=config.shard or UNSHARDED):
-        markets = MarketCache()
-        daemon = Daemon(config, build_sources(config, credentials, markets))
-        alerts.attach(daemon)
-        async with streams_for(daemon, credentials, config, markets):
-            await daemon.run(stop)
+    runtime = runtime or Runtime(config)
+    notifier = notifier or Notifier()
+    supervisor = Supervisor(notifier, lambda: runtime.daemon)
+    reloader = Reloader(runtime, supervisor)
+    reloader.install()
+    announce = asyncio.create_task(_announce_stop(stop, notifier), name="sdnotify:stopping")
+    try:
+        # The HTTP server first, once for the process: a port it cannot bind stops us before any
+        # client opens, and /healthz answers "starting" meanwhile. It reads everything through
+        # ``runtime``, which a reload re-points at the new daemon (``http_listen`` itself needs a restart).
+        shard = config.shard or UNSHARDED
+        async with supervised(supervisor), http_for(config, runtime, shard=shard) as server:
+            runtime.http = server
+            generation: Generation | None = Generation(config, credentials, None)
+            while generation is not None and not stop.is_set():
+                generation = await _run_generation(generation, stop, runtime, reloader, supervisor)
+    finally:
+        announce.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await announce
+        reloader.uninstall()
+        notifier.close()
+
+
+# --- running under systemd: readiness, reloads ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """A configuration to run, with its credentials and (when a reload built them) its channels."""
+
+    config: Config
+    credentials: Mapping[str, Credentials]
+    channels: list[Channel] | None
+
+
+class Runtime:
+    """What outlives a reload: the configuration, alerting pipeline and daemon running now.
+
+    SIGHUP may replace all three while the process keeps running. Whatever reads daemon state from
+    outside (metrics, the status page) reads ``runtime.daemon`` each time, or registers a callback
+    in ``on_switch``, called with the runtime after each switch; it never keeps a Daemon of its own.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.alerts: Alerts | None = None
+        self.daemon: Daemon | None = None
+        self.reloads = 0
+        self.on_switch: list[Callable[[Runtime], None]] = []
+        #: Set by ``http_for``: every generation's daemon feeds these metrics.
+        self.metrics: Metrics | None = None
+        #: The metrics, health and status server (``None`` when ``http_listen`` is off).
+        self.http: HttpServer | None = None
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The running generation's outbox (``None`` while starting)."""
+        return None if self.alerts is None else self.alerts.outbox
+
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """The running generation's delivery loop (``None`` while starting)."""
+        return None if self.alerts is None else self.alerts.dispatcher
+
+    def switch(self, config: Config, alerts: Alerts, daemon: Daemon) -> None:
+        """Point at a new generation and tell the watchers."""
+        self.config, self.alerts, self.daemon = config, alerts, daemon
+        for callback in self.on_switch:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("runtime.switch_callback_failed")
+
+
+class Reloader:
+    """SIGHUP: read the configuration file again; run it if valid, keep the old one if not.
+
+    The new file is loaded and its secrets and channels resolved while the old daemon runs on, so a
+    bad file costs nothing but one ``config.reload_refused`` line naming the problem. A good one
+    ends the running generation (its polls finish, its alerts are stored, its channels close) and
+    the next starts with it. Alert state (``alerts-state.json``), mutes and the outbox live in the
+    state directory: the new generation reads them back, and pending deliveries go out from there.
+    """
+
+    def __init__(self, runtime: Runtime, supervisor: Supervisor) -> None:
+        self.runtime = runtime
+        self.supervisor = supervisor
+        self.pending: Generation | None = None
+        #: Set when a valid new configuration is waiting: the running generation ends.
+        self.requested = asyncio.Event()
+
+    def install(self) -> None:
+        """Handle SIGHUP on the running loop."""
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.request)
+
+    def uninstall(self) -> None:
+        """Stop handling SIGHUP; one arriving while the process winds down is ignored, not fatal."""
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def request(self) -> None:
+        """The SIGHUP handler: check the file now (a few milliseconds); never raises."""
+        try:
+            self.check()
+        except Exception:
+            log.exception("config.reload_failed", hint="the old configuration runs on")
+            self._back_to_ready()
+
+    def check(self) -> None:
+        """Load the file again; queue it for the next generation, or refuse it with one line."""
+        path = self.runtime.config.path
+        self.supervisor.notifier.reloading()
+        log.info("config.reloading", path=str(path))
+        try:
+            # The same shard of the new file (its accounts, state directory and MQTT identity).
+            shard = parse_shard(self.runtime.config.shard) if self.runtime.config.shard else None
+            config, credentials = load_with_credentials(path, shard)
+            channels, secrets = build_channels(config.channels)
+        except UserInputError as exc:
+            log.error(  # noqa: TRY400 - one line naming the problem; a traceback would only bury it
+                "config.reload_refused", path=str(path), error=str(exc), hint="the old one runs on"
+            )
+            self._back_to_ready()
+            return
+        add_secrets(secrets)
+        if config.daemon.log_format != self.runtime.config.daemon.log_format:
+            configure_logging(config.daemon.log_format, secrets=sorted(_SECRETS))
+        self.pending = Generation(config, credentials, channels)
+        self.requested.set()
+
+    def _back_to_ready(self) -> None:
+        # Out of RELOADING=1 with the old configuration (systemd heeds it only once we were ready).
+        daemon = self.runtime.daemon
+        if daemon is not None and daemon.scheduling:
+            self.supervisor.ready(daemon)
+
+
+async def _run_generation(
+    generation: Generation,
+    stop: asyncio.Event,
+    runtime: Runtime,
+    reloader: Reloader,
+    supervisor: Supervisor,
+) -> Generation | None:
+    """Run one configuration until ``stop``, or until a reload brings the next (returned)."""
+    config, credentials = generation.config, generation.credentials
+    channels = generation.channels
+    if channels is None:
+        channels, secrets = build_channels(config.channels)
+        add_secrets(secrets)
+    reloading = runtime.daemon is not None
+    ends = asyncio.Event()
+    relay = asyncio.create_task(_first_of(ends, stop, reloader.requested), name="generation-end")
+    try:
+        async with Alerts(config, channels) as alerts:
+            markets = MarketCache()
+            daemon = Daemon(config, build_sources(config, credentials, markets))
+            daemon.heartbeat_s = _heartbeat_s(supervisor.notifier)
+            alerts.metrics = runtime.metrics
+            alerts.attach(daemon)
+            runtime.switch(config, alerts, daemon)
+
+            def ready() -> None:
+                supervisor.ready(daemon)
+                if reloading:
+                    runtime.reloads += 1
+                    log.info("config.reloaded", path=str(config.path), accounts=len(daemon.accounts))
+
+            async with streams_for(daemon, credentials, config, markets):
+                await daemon.run(ends, on_ready=ready)
+    finally:
+        relay.cancel()
+    if stop.is_set() or not reloader.requested.is_set():
+        return None
+    reloader.requested.clear()
+    pending, reloader.pending = reloader.pending, None
+    return pending
+
+
+async def _first_of(target: asyncio.Event, *sources: asyncio.Event) -> None:
+    """Set ``target`` when any of ``sources`` is set."""
+    waits = [asyncio.create_task(source.wait()) for source in sources]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        target.set()
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+def _heartbeat_s(notifier: Notifier) -> float | None:
+    # The scheduler beats at least twice per watchdog ping, so one late job does not miss a ping.
+    interval = notifier.watchdog_interval_s
+    return None if interval is None else interval / 2
+
+
+async def _announce_stop(stop: asyncio.Event, notifier: Notifier) -> None:
+    await stop.wait()
+    notifier.stopping()
+    log.info("daemon.stopping")
 
 
 @contextlib.asynccontextmanager
 async def http_for(
-    config: Config, alerts: Alerts, *, shard: str = UNSHARDED, fallback: bool = False
+    config: Config, alerts: Alerts | Runtime, *, shard: str = UNSHARDED, fallback: bool = False
 ) -> AsyncIterator[HttpServer | None]:
     """The metrics, health and status page server on ``[daemon] http_listen`` (``None`` when off).
 
-    It reads everything through ``alerts``, and the daemons attached to it from now on feed its
-    metrics. An address that cannot be bound is a ``ConfigError`` naming the key (a second instance
-    on the same port would otherwise answer health checks for this one), unless ``fallback`` (the
-    demo): then any free port.
+    It reads everything through ``alerts`` (``run_daemon`` gives it the ``Runtime``, which follows
+    reloads), and the daemons attached to it from now on feed its metrics. An address that cannot be
+    bound is a ``ConfigError`` naming the key (a second instance on the same port would otherwise
+    answer health checks for this one), unless ``fallback`` (the demo): then any free port.
     """
     address = config.daemon.http_address
     if address is None:

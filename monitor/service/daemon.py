@@ -120,6 +120,10 @@ class Daemon:
         self.streaming: Streaming | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        #: Completed staleness checks (the systemd watchdog pings only when this moved).
+        self.beats = 0
+        #: The longest gap allowed between two beats (half the watchdog's ping period), or None.
+        self.heartbeat_s: float | None = None
 
     # --- one poll -------------------------------------------------------------------------------
 
@@ -397,18 +401,21 @@ class Daemon:
         return None if last_good is None else max(0.0, self._clock() - last_good)
 
     async def staleness_job(self) -> None:
-        """The scheduled staleness check: blind accounts also go through the alert engine."""
+        """The scheduled staleness check: blind accounts also go through the alert engine.
+
+        Each completed run counts a beat (``beats``): the watchdog's proof that the scheduler works.
+        """
         blind = self.check_staleness()
-        if self.alerting is None:
-            return
-        now = self._clock()
-        for name in blind:
-            state = self.accounts[name]
-            since = state.last_good if state.last_good is not None else state.started
-            try:
-                await self.alerting.blind(name, state.config.exchange, round(now - since, 3))
-            except Exception:
-                log.exception("alerts.failed", account=name)
+        if self.alerting is not None:
+            now = self._clock()
+            for name in blind:
+                state = self.accounts[name]
+                since = state.last_good if state.last_good is not None else state.started
+                try:
+                    await self.alerting.blind(name, state.config.exchange, round(now - since, 3))
+                except Exception:
+                    log.exception("alerts.failed", account=name)
+        self.beats += 1
 
     # --- running --------------------------------------------------------------------------------
 
@@ -455,11 +462,12 @@ class Daemon:
                 misfire_grace_time=max(1, int(interval)),
             )
         fastest = min((state.config.poll_interval_s for state in self.accounts.values()), default=10.0)
+        every = fastest / 2 if self.heartbeat_s is None else min(fastest / 2, self.heartbeat_s)
         scheduler.add_job(
             self.staleness_job,
             "interval",
             id="staleness",
-            seconds=max(fastest / 2, 0.01),
+            seconds=max(every, 0.01),
             max_instances=1,
             coalesce=True,
         )
@@ -484,8 +492,17 @@ class Daemon:
         self._scheduler = scheduler
         return scheduler
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set, then shut the scheduler down and close every client."""
+    @property
+    def scheduling(self) -> bool:
+        """Whether the scheduler is running (after the first round of polls, until shutdown)."""
+        return self._scheduler is not None
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+        """Poll until ``stop`` is set, then shut the scheduler down and close every client.
+
+        ``on_ready`` is called once every account has had its first poll and the scheduler runs
+        (systemd's ``READY=1``).
+        """
         log.info(
             "daemon.started",
             accounts=len(self.accounts),
@@ -494,6 +511,8 @@ class Daemon:
         try:
             await self.poll_all()
             self.start()
+            if on_ready is not None:
+                on_ready()
             await stop.wait()
         finally:
             await self.shutdown()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import structlog
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from structlog.typing import EventDict, Processor, WrappedLogger
 
@@ -119,6 +120,7 @@ def configure_logging(
     secrets: Iterable[str] = (),
     *,
     level: int | str = logging.INFO,
+    journal: bool | None = None,
 ) -> None:
     """Send structlog events and stdlib records to ``stream`` (default ``sys.stdout``).
 
@@ -126,6 +128,8 @@ def configure_logging(
     "auto" the console on a TTY and JSON otherwise. ``secrets`` replaces the set of values
     redacted from every line. Safe to call again (a reload): the previous handler is replaced, never
     duplicated. ``stream`` defaults to ``sys.stdout`` as it is at call time, so test capture works.
+    ``journal``: prefix each line with its syslog priority (``<4>`` for a warning), which journald
+    strips and stores; by default, when ``stream`` is the journal (``under_journal``).
     """
     out = sys.stdout if stream is None else stream
     tty = _isatty(out)
@@ -170,7 +174,9 @@ def configure_logging(
     )
     handler = logging.StreamHandler(out)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(formatter)
+    handler.setFormatter(
+        PriorityFormatter(formatter) if (under_journal(out) if journal is None else journal) else formatter
+    )
 
     root = logging.getLogger()
     for old in [existing for existing in root.handlers if existing.get_name() == _HANDLER_NAME]:
@@ -203,6 +209,57 @@ def _console_columns(_logger: WrappedLogger, _method_name: str, event_dict: Even
         event_dict["risk_level"] = risk
     event_dict["level"] = event_dict.pop(LOG_LEVEL_KEY, "info")
     return event_dict
+
+
+# --- journald ---------------------------------------------------------------------------------------
+
+#: Set to 1 to prefix lines with their syslog priority wherever they go, 0 never to (default: auto).
+PRIORITY_ENV = "MARGIN_MONITOR_LOG_PRIORITY"
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a ``logging`` level: debug 7, info 6, warning 4, error 3, critical 2."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def under_journal(stream: Any, environ: Mapping[str, str] = os.environ) -> bool:  # noqa: ANN401 - any file-like object
+    """Whether ``stream`` is connected to journald, so a ``<N>`` prefix sets each line's priority.
+
+    systemd sets ``$JOURNAL_STREAM`` to the device and inode of the stream it connected to the
+    journal; a stream redirected elsewhere (a log file, a pipe to another program) does not match
+    and gets plain lines (sd-daemon(3)). ``$MARGIN_MONITOR_LOG_PRIORITY`` (1 or 0) overrides it.
+    """
+    forced = environ.get(PRIORITY_ENV, "").strip()
+    if forced in {"0", "1"}:
+        return forced == "1"
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not device or not inode:
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a StringIO), or closed
+        return False
+    return f"{status.st_dev}:{status.st_ino}" == f"{device}:{inode}"
+
+
+class PriorityFormatter(logging.Formatter):
+    """Prefixes what ``inner`` renders with the record's syslog priority (``<6>{...}``)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line, prefixed."""
+        return f"<{syslog_priority(record.levelno)}>{self.inner.format(record)}"
 
 
 def set_secrets(secrets: Iterable[str]) -> None:
