@@ -45,6 +45,7 @@ from monitor.render import percent, table
 from monitor.service.alerting import Alerting, Mutes, policy_from
 from monitor.service.daemon import Daemon
 from monitor.service.httpd import HttpServer
+from monitor.service.keys import KeyGuard
 from monitor.service.logs import REDACTOR, configure_logging
 from monitor.service.metrics import UNSHARDED, Metrics
 from monitor.service.streaming import Streaming
@@ -254,13 +255,45 @@ async def run_daemon(
     channels, secrets = build_channels(config.channels)
     add_secrets(secrets)
     # The HTTP server first: a port it cannot bind stops us before any client opens, and /healthz
-    # answers "starting" meanwhile.
+    # answers "starting" meanwhile. Then the keys: one that may do more than read stops us there.
     async with Alerts(config, channels) as alerts, http_for(config, alerts, shard=config.shard or UNSHARDED):
         markets = MarketCache()
-        daemon = Daemon(config, build_sources(config, credentials, markets))
+        sources = build_sources(config, credentials, markets)
+        keys = await checked_keys(config, sources)
+        daemon = Daemon(config, sources)
         alerts.attach(daemon)
-        async with streams_for(daemon, credentials, config, markets):
+        async with streams_for(daemon, credentials, config, markets), _rechecking(keys, stop):
             await daemon.run(stop)
+    if keys.refused is not None:
+        raise keys.refused
+
+
+# --- key permissions (monitor/service/keys.py) ------------------------------------------------------
+
+
+async def checked_keys(config: Config, sources: Mapping[str, AccountSource]) -> KeyGuard:
+    """Check every account's key (``KeyGuard.start``); on a refusal close the sources and raise."""
+    keys = KeyGuard(config, sources)
+    try:
+        await keys.start()
+    except BaseException:
+        await asyncio.gather(*(source.close() for source in sources.values()), return_exceptions=True)
+        raise
+    return keys
+
+
+@contextlib.asynccontextmanager
+async def _rechecking(keys: KeyGuard, stop: asyncio.Event) -> AsyncIterator[None]:
+    """Re-check the keys the exchange did not answer for at start, while the daemon runs."""
+    if not keys.unverified:
+        yield
+        return
+    task = asyncio.create_task(keys.recheck(stop), name="key-recheck")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -352,7 +385,9 @@ def log_shard(config: Config, shard: Shard) -> None:
 
 async def status_once(config: Config, credentials: Mapping[str, Credentials]) -> list[dict[str, Any]]:
     """Poll every account once and return one status document per account."""
-    daemon = Daemon(config, build_sources(config, credentials))
+    sources = build_sources(config, credentials)
+    await checked_keys(config, sources)
+    daemon = Daemon(config, sources)
     try:
         await daemon.poll_all()
     finally:
