@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from monitor.sim import SimServer
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
     from types import TracebackType
 
 T = TypeVar("T")
@@ -45,6 +45,10 @@ class ThreadedSim:
         """The simulator's ``ws://127.0.0.1:PORT``."""
         assert self.server is not None
         return self.server.ws_url
+
+    def run(self, work: Coroutine[Any, Any, T], timeout_s: float = START_TIMEOUT_S) -> T:
+        """Await ``work`` on the simulator's loop (fakes and clients that share the thread); its result."""
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(timeout_s)
 
     def call(self, work: Callable[[SimServer], T]) -> T:
         """``work(server)`` on the simulator's loop (its state is not thread-safe); its result."""

@@ -151,7 +151,7 @@ class BybitVenue:
         app.router.add_get("/v5/user/query-api", guarded(self.query_api))
 
     def fault_response(self, fault: Fault) -> web.Response | None:
-        """Bybit's answers: 10006 for a rate limit, 403 for an IP ban, 10002 for the clock."""
+        """Bybit's answers: 10006 for a rate limit, 403 for an IP ban, 10002 for the clock, 10003 for keys."""
         retry = {"Retry-After": str(fault.retry_after_s)}
         match fault.kind:
             case FaultKind.RATE_LIMIT:
@@ -162,6 +162,8 @@ class BybitVenue:
                 return _error(
                     10002, "invalid request, please check your server timestamp or recv_window param"
                 ).response()
+            case FaultKind.AUTH:
+                return _error(10003, "API key is invalid.", status=401).response()
             case _:
                 return None
 

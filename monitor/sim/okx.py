@@ -207,7 +207,7 @@ class OkxVenue:
         app.router.add_get("/api/v5/account/config", guarded(self.account_config))
 
     def fault_response(self, fault: Fault) -> web.Response | None:
-        """OKX's answers: 429 code 50011 for rate limits and bans, 401 code 50102 for the clock."""
+        """OKX's answers: 429 code 50011 for rate limits and bans, 401 50102 for the clock, 50111 for keys."""
         match fault.kind:
             case FaultKind.RATE_LIMIT | FaultKind.BAN:
                 response = _error(429, "50011", "Too Many Requests").response()
@@ -215,6 +215,8 @@ class OkxVenue:
                 return response
             case FaultKind.TIMESTAMP:
                 return _error(401, "50102", "Timestamp request expired").response()
+            case FaultKind.AUTH:
+                return _error(401, "50111", "Invalid OK-ACCESS-KEY.").response()
             case _:
                 return None
 
