@@ -956,6 +956,19 @@ def _check_url(parser: _Parser, key: str, url: str, schemes: tuple[str, ...]) ->
     del port  # read only for its validation (urlsplit raises on a port out of range)
 
 
+def expand_credentials_directory(template: str, environ: Mapping[str, str]) -> str:
+    """``template`` with ``$CREDENTIALS_DIRECTORY`` substituted; ``ValueError`` when it is used but unset."""
+    if not _CREDENTIALS_VAR.search(template):
+        return template
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        raise ValueError(
+            f"{template} uses $CREDENTIALS_DIRECTORY, which is not set "
+            "(systemd sets it for a unit with LoadCredential=)"
+        )
+    return _CREDENTIALS_VAR.sub(lambda _: directory, template)
+
+
 def _read_env(account: AccountConfig | ChannelConfig, ref: SecretRef, environ: Mapping[str, str]) -> str:
     value = environ.get(ref.reference)
     if value is None:
