@@ -149,7 +149,8 @@ class Alerts:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # 0700 when created: the outbox and alert state show positions and balances, if no secret.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.outbox = Outbox.for_state_dir(self.state_dir)
         self.dispatcher = Dispatcher(self.outbox, self.channels, max_age_s=self.config.alerts.max_alert_age_s)
         self.alerting = Alerting(policy_from(self.config.alerts), self.dispatcher, self.state_dir)
