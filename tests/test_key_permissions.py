@@ -494,6 +494,7 @@ def test_the_commands_refuse_a_withdraw_key_with_exit_2(
 [daemon]
 state_dir = "{tmp_path}"
 log_format = "json"
+http_listen = ""
 
 [[accounts]]
 name = "main"
