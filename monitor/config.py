@@ -92,6 +92,7 @@ _ACCOUNT_KEYS = (
     "wallet_address",
     "drift_tolerance_pct",
     "mode",
+    "allow_trading_key",
 )
 _ALERTS_KEYS = (
     "thresholds_pct",
@@ -186,6 +187,8 @@ class AccountConfig:
     wallet_address: str | None = None
     drift_tolerance_pct: float = DEFAULT_DRIFT_TOLERANCE_PCT
     mode: Mode = "auto"
+    #: Accept a key that can trade or move funds (never one that can withdraw); see monitor.service.keys.
+    allow_trading_key: bool = False
     index: int = field(default=0, compare=False)
     source: str | None = field(default=None, compare=False)
 
@@ -658,6 +661,11 @@ class _Parser:
         ws_url = read.optional_string("ws_url")
         if ws_url is not None:
             _check_url(self, prefix + "ws_url", ws_url, ("ws", "wss"))
+        allow_trading_key = read.boolean("allow_trading_key", default=False)
+        if allow_trading_key and exchange in ADDRESS_EXCHANGES:
+            raise self.error(
+                prefix + "allow_trading_key", f"a {exchange} account is read by wallet address and has no key"
+            )
         return AccountConfig(
             name=name,
             exchange=exchange,
@@ -675,6 +683,7 @@ class _Parser:
                 "drift_tolerance_pct", default=DEFAULT_DRIFT_TOLERANCE_PCT, at_least=0.0, at_most=100.0
             ),
             mode=read.choice("mode", _MODES, default="auto"),
+            allow_trading_key=allow_trading_key,
             index=index,
             source=self.source,
         )
@@ -945,6 +954,19 @@ def _check_url(parser: _Parser, key: str, url: str, schemes: tuple[str, ...]) ->
     if parts.query or parts.fragment:
         raise parser.error(key, "must not have a query string or fragment (request paths are appended to it)")
     del port  # read only for its validation (urlsplit raises on a port out of range)
+
+
+def expand_credentials_directory(template: str, environ: Mapping[str, str]) -> str:
+    """``template`` with ``$CREDENTIALS_DIRECTORY`` substituted; ``ValueError`` when it is used but unset."""
+    if not _CREDENTIALS_VAR.search(template):
+        return template
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        raise ValueError(
+            f"{template} uses $CREDENTIALS_DIRECTORY, which is not set "
+            "(systemd sets it for a unit with LoadCredential=)"
+        )
+    return _CREDENTIALS_VAR.sub(lambda _: directory, template)
 
 
 def _read_env(account: AccountConfig | ChannelConfig, ref: SecretRef, environ: Mapping[str, str]) -> str:

@@ -107,6 +107,18 @@ class ConfigError(UserInputError):
     """The configuration file is wrong; ``field`` is the key (``accounts[1].secret_file``)."""
 
 
+class KeyPermissionError(UserInputError):
+    """An account's API key may do more than a monitor should (withdraw; trade, unless allowed).
+
+    ``field`` is the account's key setting (``accounts[0].api_key_env``) and ``account`` its name;
+    the message names the exchange's permission flags, never the key.
+    """
+
+    def __init__(self, field: str, problem: str, *, account: str, source: str | None = None) -> None:
+        self.account = account
+        super().__init__(field, problem, source=source)
+
+
 # --- delivery ------------------------------------------------------------------------------------
 
 

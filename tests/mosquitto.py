@@ -6,8 +6,9 @@ Load it as a plugin from a test module (``pytest_plugins = ["mosquitto"]``; ``te
 - ``mosquitto``: anonymous access, one broker per test (retained messages never leak between tests);
 - ``mosquitto_auth``: a password file (``mosquitto_passwd``) with ``AUTH_USER``/``AUTH_PASSWORD``,
   anonymous access refused;
-- ``mosquitto_tls``: a TLS listener with a freshly made self-signed certificate (``broker.ca_file``)
-  for ``127.0.0.1``;
+- ``mosquitto_tls``: a TLS listener with a certificate for ``127.0.0.1`` signed by a fresh CA
+  (``broker.ca_file``; ``make_ca`` makes another, for a client that must not trust it);
+- ``mosquitto_tls_auth``: both, TLS and the password file;
 - ``mosquitto_factory``: ``mosquitto_factory(users=..., tls=...)`` for anything else.
 
 ``broker.stop()`` / ``broker.start()`` / ``broker.restart()`` take the broker down and bring it
@@ -40,6 +41,52 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passw
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 START_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
+
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run([OPENSSL, *args], check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str = "margin-monitor test CA") -> Path:
+    """A fresh CA (``ca.crt``, ``ca.key``) in ``directory``; returns the certificate's path."""
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout", str(directory / CA_KEY), "-out", str(directory / CA_CERT),
+    )  # fmt: skip
+    return directory / CA_CERT
+
+
+def make_server_certificate(directory: Path, host: str) -> tuple[Path, Path]:
+    """A server certificate for ``host`` (an IP address) signed by ``directory``'s CA: (cert, key)."""
+    key, request, certificate = (directory / name for name in ("server.key", "server.csr", "server.crt"))
+    extensions = directory / "server.ext"
+    extensions.write_text(
+        f"subjectAltName=IP:{host}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+        encoding="utf-8",
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={host}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(request),
+    )
+    _openssl(
+        "x509", "-req", "-in", str(request),
+        "-CA", str(directory / CA_CERT), "-CAkey", str(directory / CA_KEY), "-CAcreateserial",
+        "-days", "2", "-extfile", str(extensions), "-out", str(certificate),
+    )  # fmt: skip
+    return certificate, key
 
 
 def free_port() -> int:
@@ -77,8 +124,8 @@ class MosquittoBroker:
 
     @property
     def ca_file(self) -> Path:
-        """The certificate clients trust for the TLS listener (self-signed, ``IP:127.0.0.1``)."""
-        return self.directory / "server.crt"
+        """The CA certificate clients trust for the TLS listener (it signed the server's, for 127.0.0.1)."""
+        return self.directory / CA_CERT
 
     @property
     def running(self) -> bool:
@@ -113,30 +160,9 @@ class MosquittoBroker:
             passwords.chmod(0o600)
             lines.append(f"password_file {passwords}")
         if self.tls:
-            key = self.directory / "server.key"
-            subprocess.run(
-                [
-                    OPENSSL,
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                    "-keyout",
-                    str(key),
-                    "-out",
-                    str(self.ca_file),
-                ],
-                check=True,
-                capture_output=True,
-            )
-            lines += [f"certfile {self.ca_file}", f"keyfile {key}"]
+            make_ca(self.directory)
+            certificate, key = make_server_certificate(self.directory, self.host)
+            lines += [f"certfile {certificate}", f"keyfile {key}"]
         self.config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -226,3 +252,9 @@ def mosquitto_auth(mosquitto_factory: BrokerFactory) -> MosquittoBroker:
 def mosquitto_tls(mosquitto_factory: BrokerFactory) -> MosquittoBroker:
     """An anonymous broker behind TLS; trust ``broker.ca_file``."""
     return mosquitto_factory(tls=True)
+
+
+@pytest.fixture
+def mosquitto_tls_auth(mosquitto_factory: BrokerFactory) -> MosquittoBroker:
+    """A TLS broker that only lets in ``AUTH_USER`` with ``AUTH_PASSWORD``; trust ``broker.ca_file``."""
+    return mosquitto_factory(users={AUTH_USER: AUTH_PASSWORD}, tls=True)

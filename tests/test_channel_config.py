@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import certifi
 import pytest
 from monitor.alerts.engine import AlertPolicy
 from monitor.config import (
@@ -700,6 +701,9 @@ def test_bad_alert_policy_names_key_and_file(tmp_path: Path, line: str, key: str
 
 # --- building channels ----------------------------------------------------------------------------
 
+#: A real bundle of PEM CA certificates (certifi ships one with the project's dependencies).
+CA_FILE = certifi.where()
+
 BUILDS: list[tuple[str, str, type[object], object]] = [
     (
         "telegram",
@@ -720,7 +724,7 @@ BUILDS: list[tuple[str, str, type[object], object]] = [
         (
             '[[channels]]\ntype = "mqtt"\nhost = "broker.lan"\nport = 8883\ntopic_prefix = "home/mm"\n'
             "tls = true\n"
-            'ca_file = "/etc/ssl/ca.pem"\nclient_id = "mm-1"\ndiscovery = false\ndiscovery_prefix = "ha"\n'
+            f'ca_file = "{CA_FILE}"\nclient_id = "mm-1"\ndiscovery = false\ndiscovery_prefix = "ha"\n'
             'username_env = "MQTT_USER"\npassword_env = "MQTT_PASSWORD"\n'
         ),
         MqttChannel,
@@ -731,7 +735,7 @@ BUILDS: list[tuple[str, str, type[object], object]] = [
             username="monitor",
             password=SECRET,
             tls=True,
-            ca_file="/etc/ssl/ca.pem",
+            ca_file=CA_FILE,
             client_id="mm-1",
             discovery=False,
             discovery_prefix="ha",

@@ -174,10 +174,11 @@ async def test_premium_index_one_and_all(sim: SimServer, clients: ClientFactory)
 
 @pytest.mark.asyncio
 async def test_api_restrictions(clients: ClientFactory) -> None:
-    """The demo key may read and trade futures but not withdraw."""
+    """The demo key is what a monitor should hold: it may read, from one IP, and nothing else."""
     flags = await clients().sapiGetAccountApiRestrictions()
     assert flags["enableReading"] is True
-    assert flags["enableFutures"] is True
+    assert flags["ipRestrict"] is True
+    assert flags["enableFutures"] is False
     assert flags["enableWithdrawals"] is False
 
 

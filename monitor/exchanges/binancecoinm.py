@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from monitor.errors import PayloadError, PositionError
 from monitor.exchanges.binanceusdm import BracketKeys, mark_rows, parse_brackets
 from monitor.exchanges.payload import field, number, obj, path, position_error, rows, text
+from monitor.exchanges.permissions import BINANCE, binance_permissions
 from monitor.exchanges.source import RestSource
 from monitor.risk.families import Exchange
 from monitor.risk.model import AccountSnapshot, MarginMode, Position, ReportedFigures, Side
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from monitor.exchanges.client import ClientSettings, MarketCache
+    from monitor.exchanges.permissions import KeyPermissions
     from monitor.exchanges.source import Instrument
     from monitor.risk.model import TierTable
 
@@ -185,6 +187,15 @@ class BinanceCoinmSource(RestSource):
 
     def _drop_tiers(self) -> None:
         self._tiers = None
+
+    async def key_permissions(self) -> KeyPermissions:
+        """The key's permissions (see ``monitor.exchanges.permissions``)."""
+        client = self.client
+        return await self._read_permissions(
+            BINANCE,
+            client.sapiGetAccountApiRestrictions(),
+            lambda payload: binance_permissions(payload, self.exchange_id),
+        )
 
     async def _read(self, instruments: dict[str, Instrument]) -> AccountSnapshot:
         client = self.client

@@ -42,6 +42,7 @@ from monitor.exchanges.payload import (
     rows,
     text,
 )
+from monitor.exchanges.permissions import BINANCE, binance_permissions
 from monitor.exchanges.source import Instrument, RestSource
 from monitor.risk.families import FAMILIES, Exchange
 from monitor.risk.model import AccountSnapshot, MarginMode, Position, ReportedFigures, Side, TierSpec
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from monitor.exchanges.client import ClientSettings, MarketCache
+    from monitor.exchanges.permissions import KeyPermissions
     from monitor.risk.model import TierTable
 
 POSITIONS = "positionRisk"
@@ -272,6 +274,15 @@ class BinanceUsdmSource(RestSource):
     def _drop_tiers(self) -> None:
         self._tiers = None
         self._multi_assets = self._configured_mode
+
+    async def key_permissions(self) -> KeyPermissions:
+        """The key's permissions (see ``monitor.exchanges.permissions``)."""
+        client = self.client
+        return await self._read_permissions(
+            BINANCE,
+            client.sapiGetAccountApiRestrictions(),
+            lambda payload: binance_permissions(payload, self.exchange_id),
+        )
 
     async def _read(self, instruments: dict[str, Instrument]) -> AccountSnapshot:
         if self._symbol_names is None or len(self._symbol_names) != len(instruments):

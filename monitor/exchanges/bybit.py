@@ -30,6 +30,7 @@ from monitor.exchanges.payload import (
     rows,
     text,
 )
+from monitor.exchanges.permissions import BYBIT, bybit_permissions
 from monitor.exchanges.source import RestSource
 from monitor.risk.families import FAMILIES, Exchange
 from monitor.risk.model import AccountSnapshot, MarginMode, Position, ReportedFigures, Side, TierSpec
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from monitor.exchanges.client import ClientSettings, MarketCache
+    from monitor.exchanges.permissions import KeyPermissions
     from monitor.exchanges.source import Instrument
     from monitor.risk.model import TierTable
 
@@ -160,6 +162,11 @@ class BybitSource(RestSource):
 
     def _drop_tiers(self) -> None:
         self._tiers = {}
+
+    async def key_permissions(self) -> KeyPermissions:
+        """The key's permissions (see ``monitor.exchanges.permissions``)."""
+        client = self.client
+        return await self._read_permissions(BYBIT, client.privateGetV5UserQueryApi(), bybit_permissions)
 
     async def _read(self, instruments: dict[str, Instrument]) -> AccountSnapshot:
         client = self.client

@@ -35,6 +35,7 @@ from monitor.exchanges.payload import (
     rows,
     text,
 )
+from monitor.exchanges.permissions import OKX, okx_permissions
 from monitor.exchanges.source import RestSource
 from monitor.risk.families import FAMILIES, Exchange
 from monitor.risk.model import AccountSnapshot, MarginMode, Position, ReportedFigures, Side, TierSpec
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from monitor.exchanges.client import ClientSettings, MarketCache
+    from monitor.exchanges.permissions import KeyPermissions
     from monitor.exchanges.source import Instrument
     from monitor.risk.model import TierTable
 
@@ -190,6 +192,11 @@ class OkxSource(RestSource):
 
     def _drop_tiers(self) -> None:
         self._tiers = {}
+
+    async def key_permissions(self) -> KeyPermissions:
+        """The key's permissions (see ``monitor.exchanges.permissions``)."""
+        client = self.client
+        return await self._read_permissions(OKX, client.privateGetAccountConfig(), okx_permissions)
 
     async def _read(self, instruments: dict[str, Instrument]) -> AccountSnapshot:
         client = self.client

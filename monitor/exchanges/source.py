@@ -13,8 +13,9 @@ from monitor.exchanges.client import ClientHandle, ClientSettings, MarketCache
 from monitor.exchanges.payload import with_context
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
+    from monitor.exchanges.permissions import KeyPermissions
     from monitor.risk.model import AccountSnapshot
 
 
@@ -109,6 +110,26 @@ class RestSource(ABC):
     async def close(self) -> None:
         """Close the client; safe to call twice."""
         await self._handle.close()
+
+    async def key_permissions(self) -> KeyPermissions | None:
+        """What the account's key may do, as the exchange reports it; ``None`` where it reports nothing.
+
+        Raises ``ExchangeError`` (a ``PayloadError`` names the field) when the exchange could not say.
+        A ``ClockSkewError`` resyncs the clock first, so the caller's retry is signed right.
+        """
+        return None
+
+    async def _read_permissions(
+        self, what: str, request: Awaitable[object], parse: Callable[[object], KeyPermissions]
+    ) -> KeyPermissions:
+        try:
+            return parse(await self._handle.call(what, request))
+        except PayloadError as exc:
+            raise with_context(exc, account=self.name, exchange=self.exchange_id) from exc
+        except ClockSkewError:
+            with contextlib.suppress(ExchangeError):
+                await self._handle.resync_clock()
+            raise
 
     def _symbol_index(self) -> dict[str, Instrument]:
         """Exchange market id -> instrument, for the markets this adapter reads."""

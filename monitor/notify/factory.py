@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import ssl
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from monitor.config import ChannelConfig, resolve_channel_secrets
+from monitor.config import ChannelConfig, expand_credentials_directory, resolve_channel_secrets
 from monitor.errors import ConfigError
 from monitor.notify.log import LogChannel
 from monitor.notify.mqtt import MqttChannel, MqttSettings
@@ -33,7 +35,10 @@ def build_channels(
         values = resolve_channel_secrets(config, environ)
         secrets.extend(value for value in values.values() if value)
         try:
-            channels.append(_build(config, values))
+            resolved = config
+            if config.type == "mqtt":
+                resolved = replace(config, options={**config.options, "ca_file": _ca_file(config, environ)})
+            channels.append(_build(resolved, values))
         except ConfigError as exc:
             raise ConfigError(f"{config.key_path}.{exc.field}", exc.problem, source=config.source) from None
     # The log is always on: every alert reaches it, whatever filters a configured log channel has.
@@ -115,6 +120,29 @@ def _build(config: ChannelConfig, secrets: Mapping[str, str]) -> Channel:
     raise ConfigError(
         "type", f"unknown channel type {config.type!r}"
     )  # pragma: no cover - the loader refuses it
+
+
+def _ca_file(config: ChannelConfig, environ: Mapping[str, str]) -> str | None:
+    """The MQTT channel's ``ca_file``, ``$CREDENTIALS_DIRECTORY`` expanded, checked to load as PEM.
+
+    Checked here so that ``check-config`` and the start refuse it, rather than every reconnect failing.
+    """
+    template = config.options.get("ca_file")
+    if template is None:
+        return None
+    try:
+        path = expand_credentials_directory(str(template), environ)
+    except ValueError as exc:
+        raise ConfigError("ca_file", str(exc)) from None
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError("ca_file", f"{path} does not exist") from None
+    except ssl.SSLError as exc:
+        raise ConfigError("ca_file", f"{path} holds no PEM CA certificate ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError("ca_file", f"cannot read {path}: {exc.strerror}") from None
+    return path
 
 
 def _tuple(value: object) -> tuple[int | str, ...]:

@@ -33,7 +33,7 @@ import random
 import re
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -81,7 +81,7 @@ class MqttSettings:
     port: int = 1883
     topic_prefix: str = "margin-monitor"
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # repr lands in tracebacks and logs
     tls: bool = False
     ca_file: str | None = None
     client_id: str | None = None
@@ -131,6 +131,22 @@ class MqttSettings:
             raise ConfigError("instance", f"must be letters, digits, '_' and '-', got {self.instance!r}")
         if self.keepalive_s < 5:
             raise ConfigError("keepalive_s", f"must be at least 5 seconds, got {self.keepalive_s}")
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An ``SSLSocket`` that closes itself when its handshake fails.
+
+    paho leaves the socket open when ``do_handshake`` raises (a certificate from an unknown CA, a
+    name mismatch): every reconnect attempt would leak a file descriptor until garbage collection.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        """Shake hands; on failure close the socket, then raise."""
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
 
 
 def account_slug(account: str) -> str:
@@ -433,6 +449,7 @@ class MqttChannel:
         tls_context = None
         if settings.tls or settings.ca_file:
             tls_context = ssl.create_default_context(cafile=settings.ca_file)
+            tls_context.sslsocket_class = _ClosingSSLSocket
         client = aiomqtt.Client(
             settings.host,
             settings.port,

@@ -45,6 +45,7 @@ from monitor.render import percent, table
 from monitor.service.alerting import Alerting, Mutes, policy_from
 from monitor.service.daemon import Daemon
 from monitor.service.httpd import HttpServer
+from monitor.service.keys import KeyGuard
 from monitor.service.logs import REDACTOR, configure_logging
 from monitor.service.metrics import UNSHARDED, Metrics
 from monitor.service.sdnotify import Notifier, Supervisor, supervised
@@ -149,7 +150,8 @@ class Alerts:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Self:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # 0700 when created: the outbox and alert state show positions and balances, if no secret.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.outbox = Outbox.for_state_dir(self.state_dir)
         self.dispatcher = Dispatcher(self.outbox, self.channels, max_age_s=self.config.alerts.max_alert_age_s)
         self.alerting = Alerting(policy_from(self.config.alerts), self.dispatcher, self.state_dir)
@@ -427,7 +429,10 @@ async def _run_generation(
     try:
         async with Alerts(config, channels) as alerts:
             markets = MarketCache()
-            daemon = Daemon(config, build_sources(config, credentials, markets))
+            sources = build_sources(config, credentials, markets)
+            # The keys first: one that may do more than read stops us here (and on a reload too).
+            keys = await checked_keys(config, sources)
+            daemon = Daemon(config, sources)
             daemon.heartbeat_s = _heartbeat_s(supervisor.notifier)
             alerts.metrics = runtime.metrics
             alerts.attach(daemon)
@@ -439,10 +444,12 @@ async def _run_generation(
                     runtime.reloads += 1
                     log.info("config.reloaded", path=str(config.path), accounts=len(daemon.accounts))
 
-            async with streams_for(daemon, credentials, config, markets):
+            async with streams_for(daemon, credentials, config, markets), _rechecking(keys, ends):
                 await daemon.run(ends, on_ready=ready)
     finally:
         relay.cancel()
+    if keys.refused is not None:
+        raise keys.refused
     if stop.is_set() or not reloader.requested.is_set():
         return None
     reloader.requested.clear()
@@ -471,6 +478,34 @@ async def _announce_stop(stop: asyncio.Event, notifier: Notifier) -> None:
     await stop.wait()
     notifier.stopping()
     log.info("daemon.stopping")
+
+
+# --- key permissions (monitor/service/keys.py) ------------------------------------------------------
+
+
+async def checked_keys(config: Config, sources: Mapping[str, AccountSource]) -> KeyGuard:
+    """Check every account's key (``KeyGuard.start``); on a refusal close the sources and raise."""
+    keys = KeyGuard(config, sources)
+    try:
+        await keys.start()
+    except BaseException:
+        await asyncio.gather(*(source.close() for source in sources.values()), return_exceptions=True)
+        raise
+    return keys
+
+
+@contextlib.asynccontextmanager
+async def _rechecking(keys: KeyGuard, stop: asyncio.Event) -> AsyncIterator[None]:
+    """Re-check the keys the exchange did not answer for at start, while the daemon runs."""
+    if not keys.unverified:
+        yield
+        return
+    task = asyncio.create_task(keys.recheck(stop), name="key-recheck")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -562,7 +597,9 @@ def log_shard(config: Config, shard: Shard) -> None:
 
 async def status_once(config: Config, credentials: Mapping[str, Credentials]) -> list[dict[str, Any]]:
     """Poll every account once and return one status document per account."""
-    daemon = Daemon(config, build_sources(config, credentials))
+    sources = build_sources(config, credentials)
+    await checked_keys(config, sources)
+    daemon = Daemon(config, sources)
     try:
         await daemon.poll_all()
     finally:

@@ -70,14 +70,24 @@ class SimPosition:
 
 @dataclass(frozen=True, slots=True)
 class ApiPermissions:
-    """The flags ``/sapi/v1/account/apiRestrictions`` reports for an API key."""
+    """What an API key may do, as Binance's ``/sapi/v1/account/apiRestrictions`` flags.
+
+    The default is the key a monitor should hold: read-only, restricted to an IP. Every personality
+    reports the same flags in its own shape (Bybit's ``/v5/user/query-api``, OKX's ``perm``).
+    """
 
     enable_reading: bool = True
-    enable_futures: bool = True
+    enable_futures: bool = False
     enable_withdrawals: bool = False
     enable_spot_and_margin_trading: bool = False
+    enable_margin: bool = False
     enable_internal_transfer: bool = False
-    ip_restrict: bool = False
+    ip_restrict: bool = True
+
+    @property
+    def can_trade(self) -> bool:
+        """Whether any trading flag is on."""
+        return self.enable_futures or self.enable_spot_and_margin_trading or self.enable_margin
 
 
 @dataclass(slots=True)

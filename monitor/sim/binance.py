@@ -17,7 +17,7 @@ from aiohttp import web
 from monitor.sim.markets import catalog, scaled_brackets
 
 if TYPE_CHECKING:
-    from monitor.sim.accounts import AccountFigures, SimAccount
+    from monitor.sim.accounts import AccountFigures, ApiPermissions, SimAccount
     from monitor.sim.server import SimServer
 
 DEFAULT_RECV_WINDOW_MS = 5000
@@ -451,8 +451,7 @@ class BinanceApi:
 
     async def api_restrictions(self, request: web.Request) -> web.Response:
         """``GET /sapi/v1/account/apiRestrictions``: the key's permission flags."""
-        account = await self._signed(request)
-        flags = account.permissions
+        flags = await self._key_permissions(request)
         return self.reply(
             request,
             {
@@ -461,7 +460,7 @@ class BinanceApi:
                 "enableReading": flags.enable_reading,
                 "enableWithdrawals": flags.enable_withdrawals,
                 "enableInternalTransfer": flags.enable_internal_transfer,
-                "enableMargin": False,
+                "enableMargin": flags.enable_margin,
                 "enableFutures": flags.enable_futures,
                 "permitsUniversalTransfer": flags.enable_internal_transfer,
                 "enableVanillaOptions": False,
@@ -471,6 +470,14 @@ class BinanceApi:
                 "enablePortfolioMarginTrading": False,
             },
         )
+
+    async def _key_permissions(self, request: web.Request) -> ApiPermissions:
+        # One Binance key serves both futures APIs: a key known only to the COIN-M personality is
+        # still a Binance key, and /sapi answers for it.
+        key = request.headers.get("X-MBX-APIKEY", "")
+        if key not in self.sim.accounts and key in self.sim.coinm.accounts:
+            return (await self.sim.coinm.signed(request)).permissions
+        return (await self._signed(request)).permissions
 
     async def capital_config(self, request: web.Request) -> web.Response:
         """``GET /sapi/v1/capital/config/getall``: ccxt's ``load_markets`` asks for it when keyed."""

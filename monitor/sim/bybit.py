@@ -2,8 +2,9 @@
 
 Routes: ``GET /v5/market/time``, ``/v5/market/instruments-info`` (``category=linear``),
 ``/v5/market/risk-limit``, and, signed, ``/v5/account/wallet-balance`` (``accountType=UNIFIED``),
-``/v5/position/list`` (``category=linear``) and ``/v5/asset/coin/query-info`` (ccxt's ``load_markets``
-asks for it when it holds keys). ccxt needs ``options={"fetchMarkets": {"types": ["linear"]}}``.
+``/v5/position/list`` (``category=linear``), ``/v5/asset/coin/query-info`` (ccxt's ``load_markets``
+asks for it when it holds keys) and ``/v5/user/query-api`` (the key's permissions). ccxt needs
+``options={"fetchMarkets": {"types": ["linear"]}}``.
 
 Auth as Bybit checks it: ``X-BAPI-API-KEY``, ``X-BAPI-TIMESTAMP`` (within ``X-BAPI-RECV-WINDOW`` ms
 behind the server, at most 1 s ahead), ``X-BAPI-SIGN`` = hex HMAC-SHA256 of timestamp + key + recv
@@ -147,9 +148,10 @@ class BybitVenue:
         app.router.add_get("/v5/account/wallet-balance", guarded(self.wallet_balance))
         app.router.add_get("/v5/position/list", guarded(self.position_list))
         app.router.add_get("/v5/asset/coin/query-info", guarded(self.coin_info))
+        app.router.add_get("/v5/user/query-api", guarded(self.query_api))
 
     def fault_response(self, fault: Fault) -> web.Response | None:
-        """Bybit's answers: 10006 for a rate limit, 403 for an IP ban, 10002 for the clock."""
+        """Bybit's answers: 10006 for a rate limit, 403 for an IP ban, 10002 for the clock, 10003 for keys."""
         retry = {"Retry-After": str(fault.retry_after_s)}
         match fault.kind:
             case FaultKind.RATE_LIMIT:
@@ -160,6 +162,8 @@ class BybitVenue:
                 return _error(
                     10002, "invalid request, please check your server timestamp or recv_window param"
                 ).response()
+            case FaultKind.AUTH:
+                return _error(10003, "API key is invalid.", status=401).response()
             case _:
                 return None
 
@@ -293,6 +297,53 @@ class BybitVenue:
         return self._envelope(request, {"category": "linear", "list": rows, "nextPageCursor": ""})
 
     # --- account ------------------------------------------------------------------------------------
+
+    async def query_api(self, request: web.Request) -> web.Response:
+        """``GET /v5/user/query-api``: the key's permissions, ``readOnly`` and IP allowlist."""
+        account = self._signed(request)
+        flags = account.permissions
+        wallet = [
+            name
+            for name, granted in (
+                ("AccountTransfer", flags.enable_internal_transfer),
+                ("SubMemberTransfer", flags.enable_internal_transfer),
+                ("Withdraw", flags.enable_withdrawals),
+            )
+            if granted
+        ]
+        permissions = {
+            "ContractTrade": ["Order", "Position"] if flags.enable_futures else [],
+            "Spot": ["SpotTrade"] if flags.enable_spot_and_margin_trading else [],
+            "Wallet": wallet,
+            "Options": [],
+            "Derivatives": [],
+            "CopyTrading": [],
+            "BlockTrade": [],
+            "Exchange": ["ExchangeHistory"],
+            "NFT": [],
+            "Affiliate": [],
+        }
+        writes = flags.can_trade or flags.enable_withdrawals or flags.enable_internal_transfer
+        return self._envelope(
+            request,
+            {
+                "id": "13770661",
+                "note": account.name,
+                "apiKey": account.api_key,
+                "readOnly": 0 if writes else 1,
+                "secret": "",
+                "permissions": permissions,
+                "ips": ["127.0.0.1"] if flags.ip_restrict else ["*"],
+                "type": 1,
+                "deadlineDay": -1 if flags.ip_restrict else 89,
+                "expiredAt": "",
+                "createdAt": "2024-10-16T02:24:40Z",
+                "uta": 1,
+                "userID": 24617703,
+                "isMaster": True,
+                "parentUid": "0",
+            },
+        )
 
     async def wallet_balance(self, request: web.Request) -> web.Response:
         """``GET /v5/account/wallet-balance?accountType=UNIFIED``: account totals and the USDT row."""

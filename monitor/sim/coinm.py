@@ -219,6 +219,10 @@ class CoinmVenue:
 
     # --- auth ---------------------------------------------------------------------------------------
 
+    async def signed(self, request: web.Request) -> VenueAccount:
+        """The account of a signed request (``/sapi`` asks it for keys only COIN-M knows)."""
+        return await self._signed(request)
+
     async def _signed(self, request: web.Request) -> VenueAccount:
         """The account of a signed request, checked as Binance checks it: key, timestamp, signature."""
         key = request.headers.get("X-MBX-APIKEY")

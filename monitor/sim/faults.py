@@ -26,6 +26,8 @@ class FaultKind(StrEnum):
     """The normal payload with ``field`` removed (from the object, or from each element of a list)."""
     TIMESTAMP = "timestamp"
     """400 code -1021 whatever the request's timestamp (ccxt: InvalidNonce)."""
+    AUTH = "auth"
+    """401 code -2015, the key rejected whatever it is (ccxt: AuthenticationError); each venue's own code."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 
 Routes: ``GET /api/v5/public/time``, ``/api/v5/public/instruments`` (``instType=SWAP``),
 ``/api/v5/public/position-tiers`` (``instType=SWAP``, ``tdMode``, ``instFamily`` or ``uly``), and,
-signed, ``/api/v5/account/balance``, ``/api/v5/account/positions`` and ``/api/v5/asset/currencies``
-(ccxt's ``load_markets`` asks for it when it holds keys). ccxt needs
+signed, ``/api/v5/account/balance``, ``/api/v5/account/positions``, ``/api/v5/account/config`` (the
+key's ``perm`` and ``ip``) and ``/api/v5/asset/currencies`` (ccxt's ``load_markets`` asks for it when it
+holds keys). ccxt needs
 ``options={"fetchMarkets": {"types": ["swap"]}}`` and the passphrase as ``password``.
 
 Auth as OKX checks it: ``OK-ACCESS-KEY`` (50111 when unknown), ``OK-ACCESS-PASSPHRASE`` (50105),
@@ -203,9 +204,10 @@ class OkxVenue:
         app.router.add_get("/api/v5/account/balance", guarded(self.balance))
         app.router.add_get("/api/v5/account/positions", guarded(self.positions))
         app.router.add_get("/api/v5/asset/currencies", guarded(self.currencies))
+        app.router.add_get("/api/v5/account/config", guarded(self.account_config))
 
     def fault_response(self, fault: Fault) -> web.Response | None:
-        """OKX's answers: 429 code 50011 for rate limits and bans, 401 code 50102 for the clock."""
+        """OKX's answers: 429 code 50011 for rate limits and bans, 401 50102 for the clock, 50111 for keys."""
         match fault.kind:
             case FaultKind.RATE_LIMIT | FaultKind.BAN:
                 response = _error(429, "50011", "Too Many Requests").response()
@@ -213,6 +215,8 @@ class OkxVenue:
                 return response
             case FaultKind.TIMESTAMP:
                 return _error(401, "50102", "Timestamp request expired").response()
+            case FaultKind.AUTH:
+                return _error(401, "50111", "Invalid OK-ACCESS-KEY.").response()
             case _:
                 return None
 
@@ -443,6 +447,37 @@ class OkxVenue:
                 }
             )
         return self._data(request, rows)
+
+    async def account_config(self, request: web.Request) -> web.Response:
+        """``GET /api/v5/account/config``: the account's settings and the key's ``perm`` and ``ip``."""
+        account = await self._signed(request)
+        flags = account.permissions
+        perm = ["read_only"]
+        if flags.can_trade or flags.enable_internal_transfer:
+            perm.append("trade")
+        if flags.enable_withdrawals:
+            perm.append("withdraw")
+        return self._data(
+            request,
+            [
+                {
+                    "uid": "44705892343619584",
+                    "mainUid": "44705892343619584",
+                    "acctLv": "2",
+                    "posMode": "net_mode",
+                    "autoLoan": False,
+                    "greeksType": "PA",
+                    "level": "Lv1",
+                    "levelTmp": "",
+                    "ctIsoMode": "automatic",
+                    "mgnIsoMode": "automatic",
+                    "label": account.name,
+                    "roleType": "0",
+                    "perm": ",".join(perm),
+                    "ip": "127.0.0.1" if flags.ip_restrict else "",
+                }
+            ],
+        )
 
     async def currencies(self, request: web.Request) -> web.Response:
         """``GET /api/v5/asset/currencies``: ccxt's ``fetch_currencies`` (part of ``load_markets``)."""

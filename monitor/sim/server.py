@@ -414,6 +414,10 @@ class SimServer:
                     {"code": -1021, "msg": "Timestamp for this request is outside of the recvWindow."},
                     status=400,
                 )
+            case FaultKind.AUTH:
+                return web.json_response(
+                    {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}, status=401
+                )
             case _:
                 return None
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aiohttp import web
 
-from monitor.sim.accounts import Level, level_of
+from monitor.sim.accounts import ApiPermissions, Level, level_of
 from monitor.sim.binance import DROP_FIELD
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ class VenueAccount:
 
     ``api_key`` is the wallet address on Hyperliquid (read without keys). ``wallet`` is the cross wallet
     in the settle currency (USDT; USDC on Hyperliquid). COIN-M margins each coin separately: ``wallets``
-    holds its cross wallet per margin coin (``{"BTC": 1.0}``) and ``wallet`` is unused.
+    holds its cross wallet per margin coin (``{"BTC": 1.0}``) and ``wallet`` is unused. ``permissions``:
+    what the key may do, reported in the venue's own shape (read-only and IP-restricted by default).
     """
 
     api_key: str
@@ -115,6 +116,7 @@ class VenueAccount:
     positions: list[VenuePosition] = field(default_factory=list)
     passphrase: str = ""
     wallets: dict[str, float] = field(default_factory=dict)
+    permissions: ApiPermissions = field(default_factory=ApiPermissions)
 
 
 @dataclass(frozen=True, slots=True)
