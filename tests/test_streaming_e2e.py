@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -461,3 +462,37 @@ async def test_user_streams_do_not_take_the_rest_connection_pool(
     assert len(streaming.user_feeds) == len(accounts)
     assert all(borrowed)
     assert sim.request_count(LISTEN_KEY_PATH) >= len(accounts)
+
+
+# --- 8. the accounts a tick takes across a threshold go first ----------------------------------------
+
+
+def test_a_tick_orders_accounts_by_how_close_it_comes_to_their_thresholds() -> None:
+    """A mark tick recomputes first the accounts whose threshold prices it comes nearest.
+
+    ``_Live.urgency`` is 0 before the first assessment, then the relative distance of the new mark
+    from the nearest mark at which a threshold (or 100%) is reached.
+    """
+    from monitor.brackets import bundled_tiers  # noqa: PLC0415 - only this test needs the bundled data
+    from monitor.risk import AccountSnapshot, Position, Side, assess  # noqa: PLC0415
+    from monitor.service.streaming import _edges, _Live  # noqa: PLC0415
+
+    tiers = bundled_tiers("BTC/USDT:USDT")
+    assert tiers is not None
+
+    def live(wallet: float) -> _Live:
+        position = Position("BTC/USDT:USDT", Side.LONG, 1.0, 100_000.0, 100_000.0, tiers)
+        snapshot = AccountSnapshot(wallet, (position,))
+        return _Live(snapshot, 0.0, snapshot.symbols())
+
+    near, far = live(2_000.0), live(20_000.0)
+    assert near.urgency({"BTC/USDT:USDT": 99_000.0}) == 0.0  # not assessed yet: first
+    for account in (near, far):
+        account.edges = _edges(assess(account.snapshot))
+    warning = assess(near.snapshot).positions[0].threshold_prices[0]
+    assert warning is not None
+    crossing = {"BTC/USDT:USDT": warning * 0.999}
+    assert near.urgency(crossing) < 0.002 < far.urgency(crossing)
+    assert near.urgency({"ETH/USDT:USDT": 3_000.0}) == math.inf  # a symbol it does not hold
+    ordered = sorted([("far", far.urgency(crossing)), ("near", near.urgency(crossing))], key=lambda x: x[1])
+    assert [name for name, _ in ordered] == ["near", "far"]

@@ -64,6 +64,10 @@ _SAFE_SEGMENT = re.compile(r"[^A-Za-z0-9_-]+")
 _TOPIC_WILDCARDS = frozenset("+#\0")
 
 
+#: State messages published together (awaiting their PUBACKs) before the next ones go out.
+STATE_CHUNK = 20
+
+
 @dataclass(frozen=True, slots=True)
 class MqttSettings:
     """How to reach the broker and what to publish there.
@@ -581,6 +585,18 @@ class MqttChannel:
                         await self._wake.wait()
 
     async def _publish_states(self, due: list[tuple[str, bytes]]) -> None:
+        # A chunk at a time: an alert published meanwhile queues behind one chunk, not behind a
+        # thousand states (paho sends in the order it is given).
+        for start in range(0, len(due), STATE_CHUNK):
+            try:
+                await self._publish_chunk(due[start : start + STATE_CHUNK])
+            except BaseException:
+                # The chunks not yet tried go out after the reconnect, like the failed ones.
+                for slug, payload in due[start + STATE_CHUNK :]:
+                    self._pending.setdefault(slug, payload)
+                raise
+
+    async def _publish_chunk(self, due: list[tuple[str, bytes]]) -> None:
         results = await asyncio.gather(
             *(
                 self._publish_acked(f"{self._prefix}/{slug}/state", payload, retain=True)

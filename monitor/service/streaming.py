@@ -66,8 +66,19 @@ class _Live:
     taken_at: float
     symbols: frozenset[str] = field(default_factory=frozenset)
     last_logged_at: float = 0.0
-    #: Distance of the last ratio from the nearest threshold (or 100%): the order of the next tick.
-    urgency: float = 0.0
+    #: Symbol -> the marks at which the account (or an isolated position) reaches a threshold or
+    #: 100%, the other marks held, from the last assessment (``None`` before the first).
+    edges: dict[str, tuple[float, ...]] | None = None
+
+    def urgency(self, marks: Mapping[str, float]) -> float:
+        """How close these marks come to an edge (relative price distance; 0 for "unknown")."""
+        if self.edges is None:
+            return 0.0
+        nearest = math.inf
+        for symbol, mark in marks.items():
+            for edge in self.edges.get(symbol, ()):
+                nearest = min(nearest, abs(mark - edge) / mark)
+        return nearest
 
 
 class Streaming:
@@ -103,7 +114,6 @@ class Streaming:
         self._pending_marks: dict[FeedKey, dict[str, float]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._applier: asyncio.Task[None] | None = None
-        self._levels = (*daemon.thresholds, 1.0)
 
     def _wants_stream(self, state: AccountState) -> bool:
         mode = state.config.mode
@@ -279,7 +289,9 @@ class Streaming:
                     for symbol in marks:
                         affected |= held.get(symbol, set())
                     work.extend(
-                        (self.live[name].urgency, name, marks) for name in affected if name in self.live
+                        (self.live[name].urgency(marks), name, marks)
+                        for name in affected
+                        if name in self.live
                     )
                 work.sort(key=lambda item: item[0])
                 for done, (_, name, marks) in enumerate(work, start=1):
@@ -298,7 +310,7 @@ class Streaming:
             live.snapshot = live.snapshot.with_marks({s: p for s, p in marks.items() if s in live.symbols})
             self.ticks += 1
             assessment = assess(live.snapshot, self.daemon.thresholds)
-            live.urgency = self._urgency(assessment)
+            live.edges = _edges(assessment)
             trusted = now - live.taken_at <= self.reconcile_s * SNAPSHOT_TRUST_PERIODS
             canonical = now - live.last_logged_at >= self.daemon.accounts[name].config.poll_interval_s
             if canonical:
@@ -306,12 +318,6 @@ class Streaming:
             self.daemon.stream_assessed(name, assessment, fresh=trusted, log_line=canonical)
         except Exception:  # one account's bad data must not stop the others' recomputes
             log.exception("stream.assess_failed", account=name)
-
-    def _urgency(self, assessment: Assessment) -> float:
-        """How close the account (or its nearest isolated position) is to a threshold, in ratio points."""
-        ratios = [assessment.margin_ratio] if assessment.margin_ratio is not None else []
-        ratios.extend(p.margin_ratio for p in assessment.positions if p.margin_ratio is not None)
-        return min((abs(ratio - level) for ratio in ratios for level in self._levels), default=math.inf)
 
     def on_user_event(self, name: str, event: UserEvent) -> None:
         """The user-data stream: re-read the account on an update, pass a margin call on."""
@@ -338,6 +344,15 @@ class Streaming:
         finally:
             self._refreshing.discard(name)
             self._again.discard(name)
+
+
+def _edges(assessment: Assessment) -> dict[str, tuple[float, ...]]:
+    """Per symbol, the marks at which a threshold or 100% is reached (``Streaming``'s priority)."""
+    edges: dict[str, list[float]] = {}
+    for item in assessment.positions:
+        prices = (item.liquidation_price, *item.threshold_prices)
+        edges.setdefault(item.position.symbol, []).extend(p for p in prices if p is not None and p > 0)
+    return {symbol: tuple(prices) for symbol, prices in edges.items()}
 
 
 def _differences(live: AccountSnapshot, rest: AccountSnapshot) -> dict[str, Any]:
