@@ -492,7 +492,8 @@ def test_a_tick_orders_accounts_by_how_close_it_comes_to_their_thresholds() -> N
     warning = assess(near.snapshot).positions[0].threshold_prices[0]
     assert warning is not None
     crossing = {"BTC/USDT:USDT": warning * 0.999}
-    assert near.urgency(crossing) < 0.002 < far.urgency(crossing)
+    assert near.urgency(crossing) == -1.0 < far.urgency(crossing)  # the mark passed its 150% price
+    assert 0 < near.urgency({"BTC/USDT:USDT": warning * 1.001}) < 0.002 < far.urgency(crossing)
     assert near.urgency({"ETH/USDT:USDT": 3_000.0}) == math.inf  # a symbol it does not hold
     ordered = sorted([("far", far.urgency(crossing)), ("near", near.urgency(crossing))], key=lambda x: x[1])
     assert [name for name, _ in ordered] == ["near", "far"]

@@ -66,17 +66,25 @@ class _Live:
     taken_at: float
     symbols: frozenset[str] = field(default_factory=frozenset)
     last_logged_at: float = 0.0
-    #: Symbol -> the marks at which the account (or an isolated position) reaches a threshold or
-    #: 100%, the other marks held, from the last assessment (``None`` before the first).
-    edges: dict[str, tuple[float, ...]] | None = None
+    #: Symbol -> (its mark, the marks at which the account or an isolated position reaches a
+    #: threshold or 100%, the other marks held), from the last assessment (``None`` before the first).
+    edges: dict[str, tuple[float, tuple[float, ...]]] | None = None
 
     def urgency(self, marks: Mapping[str, float]) -> float:
-        """How close these marks come to an edge (relative price distance; 0 for "unknown")."""
+        """How close these marks come to an edge; 0 before the first assessment.
+
+        -1 when an edge lies between the old mark and the new (a crossing, either way), else the
+        new mark's relative distance to the nearest edge.
+        """
         if self.edges is None:
             return 0.0
         nearest = math.inf
         for symbol, mark in marks.items():
-            for edge in self.edges.get(symbol, ()):
+            old, edges = self.edges.get(symbol, (mark, ()))
+            low, high = (old, mark) if old <= mark else (mark, old)
+            for edge in edges:
+                if low <= edge <= high:
+                    return -1.0
                 nearest = min(nearest, abs(mark - edge) / mark)
         return nearest
 
@@ -346,13 +354,14 @@ class Streaming:
             self._again.discard(name)
 
 
-def _edges(assessment: Assessment) -> dict[str, tuple[float, ...]]:
-    """Per symbol, the marks at which a threshold or 100% is reached (``Streaming``'s priority)."""
-    edges: dict[str, list[float]] = {}
+def _edges(assessment: Assessment) -> dict[str, tuple[float, tuple[float, ...]]]:
+    """Per symbol, its mark and the marks at which a threshold or 100% is reached (the priority)."""
+    edges: dict[str, tuple[float, list[float]]] = {}
     for item in assessment.positions:
         prices = (item.liquidation_price, *item.threshold_prices)
-        edges.setdefault(item.position.symbol, []).extend(p for p in prices if p is not None and p > 0)
-    return {symbol: tuple(prices) for symbol, prices in edges.items()}
+        _, found = edges.setdefault(item.position.symbol, (item.position.mark_price, []))
+        found.extend(price for price in prices if price is not None and price > 0)
+    return {symbol: (mark, tuple(found)) for symbol, (mark, found) in edges.items()}
 
 
 def _differences(live: AccountSnapshot, rest: AccountSnapshot) -> dict[str, Any]:
