@@ -538,6 +538,8 @@ class Soak:
         sim.unstall_websockets()
         self.stalls.append(Window(began, time.time(), "stall"))
         self.blackouts.append(Window(began, time.time() + 3 * POLL_INTERVAL_S, "stall"))
+        # Requests already hanging answer only after hold_s: let every account read again.
+        await asyncio.sleep(hold)
 
     async def _drain(self, daemon: Daemon, telegram: FakeTelegram, receiver: MqttReceiver) -> None:
         """Wait until Telegram and MQTT have every alert the log has (at most a minute)."""

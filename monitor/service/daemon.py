@@ -120,6 +120,7 @@ class Daemon:
         self.streaming: Streaming | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # --- one poll -------------------------------------------------------------------------------
 
@@ -153,6 +154,13 @@ class Daemon:
         except TimeoutError:
             self._polled(state, "timeout", started)
             await self._failed(state, None, reason="timeout")
+            return None
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Shutdown abandons a poll still waiting on a hung exchange after CLOSE_TIMEOUT_S: the
+            # scheduler would log the cancellation as a crash, with a traceback. Nothing to retry.
+            log.info("account.poll_abandoned", account=name, reason="shutdown")
             return None
         except Exception as exc:
             log.exception("account.poll_crashed", account=name, exchange=state.config.exchange)
@@ -501,6 +509,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop scheduling and close every source, within ``CLOSE_TIMEOUT_S``."""
         scheduler, self._scheduler = self._scheduler, None
+        self._stopping = True
         if scheduler is not None:
             # Pause first: shutting APScheduler's asyncio executor down cancels the jobs it runs,
             # and a poll cancelled mid-request logs a traceback for nothing. Let them finish.
