@@ -124,7 +124,7 @@ class Daemon:
 
     # --- one poll -------------------------------------------------------------------------------
 
-    async def poll(self, name: str, *, force: bool = False) -> Assessment | None:
+    async def poll(self, name: str, *, force: bool = False) -> Assessment | None:  # noqa: PLR0911 - one return a way a poll ends
         """Fetch and assess one account; log the result. Never raises (a crashed loop is a bug).
 
         An account kept current by healthy streams is read only when reconciliation is due, unless
