@@ -146,8 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[args.command](parser, args)
     except UserInputError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+
+
+#: Control characters (and Unicode line breaks) shown escaped: an error is one line whatever it quotes.
+_CONTROL = {code: repr(chr(code))[1:-1] for code in (*range(32), 0x7F, 0x85, 0x2028, 0x2029)}
+
+
+def one_line(message: str) -> str:
+    """``message`` with newlines and other control characters escaped (a value from a file may hold them)."""
+    return message.translate(_CONTROL)
 
 
 def _calc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -500,7 +500,8 @@ class _Parser:
         known = ("type", "name", "min_level", "accounts", *own)
         known += tuple(f"{name}_{how}" for name in secret_names for how in ("env", "file"))
         self.reject_unknown(table, prefix, known, secret_names)
-        name = read.optional_string("name") or kind
+        name = read.optional_string("name")
+        name = kind if name is None else name  # name = "" is a mistake, not "use the default"
         if not _ACCOUNT_NAME.fullmatch(name):
             raise self.error(prefix + "name", f"'{name}' may only hold letters, digits, '_', '.' and '-'")
         min_level = read.choice("min_level", LEVELS, default=_CHANNEL_DEFAULT_LEVEL.get(kind, "warning"))
@@ -803,7 +804,7 @@ class _Parser:
         for index, item in enumerate(value):
             if not _is_number(item):
                 raise self.error(f"{key}[{index}]", f"must be a number, got {_type_name(item)}")
-        pcts = tuple(float(item) for item in value)
+        pcts = tuple(_to_float(item) for item in value)
         try:
             check_thresholds([pct / 100.0 for pct in pcts])
         except ValueError as exc:
@@ -894,7 +895,7 @@ class _Reader:
         value = self.table.get(key, default)
         if not _is_number(value):
             raise self.error(key, f"must be a number, got {_type_name(value)}")
-        number = float(cast("float", value))
+        number = _to_float(cast("float", value))
         if not math.isfinite(number):
             raise self.error(key, f"must be a finite number, got {number}")
         if above is not None and number <= above:
@@ -929,6 +930,14 @@ class _Reader:
 def _is_number(value: object) -> bool:
     # TOML booleans are Python bools, which are ints: "poll_interval_s = true" is a type error.
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _to_float(value: float) -> float:
+    # TOML integers have any number of digits; one beyond float's range is simply too large.
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _type_name(value: object) -> str:

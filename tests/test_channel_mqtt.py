@@ -302,11 +302,13 @@ async def test_state_is_rate_limited_and_the_latest_value_wins(mosquitto: Mosqui
         subscriber(mosquitto, f"{PREFIX}/+/state") as client,
         running(settings_for(mosquitto, state_interval_s=interval)) as channel,
     ):
-        for ratio in (200.0, 190.0, 180.0, 170.0, 160.0):
-            channel.publish_state("main", "binanceusdm", {"margin_ratio_pct": ratio, "level": "ok"})
-            await asyncio.sleep(0.01)
+        channel.publish_state("main", "binanceusdm", {"margin_ratio_pct": 200.0, "level": "ok"})
         first = await receive(client)
         first_at = time.monotonic()
+        # Within the interval that started with the first: only the last of these goes out, at its end.
+        for ratio in (190.0, 180.0, 170.0, 160.0):
+            channel.publish_state("main", "binanceusdm", {"margin_ratio_pct": ratio, "level": "ok"})
+            await asyncio.sleep(0.01)
         last = await receive(client)
         gap = time.monotonic() - first_at
         assert await receive_all(client, quiet=interval + 0.1) == []

@@ -8,6 +8,7 @@ and the simulated exchange is in ``test_daemon_e2e.py``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -357,3 +358,23 @@ async def test_poll_and_feed_listeners_hear_every_read_and_a_broken_one_is_logge
     assert feeds == [("acct0", "rest")]
     assert len([line for line in logs if line["event"] == "daemon.listener_failed"]) == 4
     assert daemon.accounts["acct0"].drift is None  # the scripted snapshot reports no exchange figures
+
+
+@pytest.mark.asyncio
+async def test_shutdown_abandons_a_hung_poll_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poll still hanging after ``CLOSE_TIMEOUT_S`` is abandoned with one line, not a scheduler error."""
+    source = ScriptedSource("acct0", snapshot(wallet=2_000.0))
+    daemon = Daemon(make_config(tmp_path, poll_interval_s=0.05), {"acct0": source}, poll_timeout_s=60)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(daemon.run(stop))
+        await asyncio.sleep(0.2)
+        source.hang = True  # the next scheduled poll waits on an exchange that never answers
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert "account.poll_abandoned" in [line["event"] for line in logs]
+    assert logs[-1]["event"] == "daemon.stopped"
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -43,8 +43,15 @@ def test_given_amounts_are_kept_as_sent() -> None:
 
 def test_inconsistent_amounts_are_flagged_discontinuous() -> None:
     """An amount off the recurrence is accepted (the exchange is the authority) but marks the table."""
-    rows = [TierSpec(0, 10, 0.01, 0), TierSpec(10, 20, 0.02, 0.5)]
+    rows = [TierSpec(0, 10, 0.01, 0), TierSpec(10, 20, 0.02, 0.15)]
     assert not TierTable.build(rows).continuous
+
+
+def test_an_amount_beyond_floor_times_rate_is_refused() -> None:
+    """A deduction above floor x rate would make the maintenance margin negative: garbage, not a quirk."""
+    rows = [TierSpec(0, 10, 0.01, 0), TierSpec(10, 20, 0.02, 0.5)]
+    with pytest.raises(TierTableError, match=r"tiers\[1\]\.amount: must not exceed floor x rate 0\.2"):
+        TierTable.build(rows)
 
 
 def test_a_floor_belongs_to_its_own_bracket() -> None:

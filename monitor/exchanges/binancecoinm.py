@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.errors import PayloadError, PositionError
 from monitor.exchanges.binanceusdm import BracketKeys, mark_rows, parse_brackets
-from monitor.exchanges.payload import field, number, obj, path, position_error, rows, text
+from monitor.exchanges.payload import field, number, obj, path, position_error, rows, snapshot, text
 from monitor.exchanges.permissions import BINANCE, binance_permissions
 from monitor.exchanges.source import RestSource
 from monitor.risk.families import Exchange
@@ -116,7 +116,7 @@ def normalise(
     reported = ReportedFigures(
         maintenance_margin=maintenance - isolated_total, margin_balance=wallet + unrealized
     )
-    return AccountSnapshot(wallet_balance=wallet, positions=tuple(positions), reported=reported)
+    return snapshot(wallet, positions, reported, assets_where)
 
 
 def _isolated_maintenance(account: Mapping[str, Any]) -> dict[tuple[str, str], float]:
@@ -140,7 +140,7 @@ def _position(
     instruments: Mapping[str, Instrument],
 ) -> Position:
     hedge_side = row.get("positionSide", "BOTH")
-    if hedge_side not in {"BOTH", "LONG", "SHORT"}:
+    if hedge_side not in ("BOTH", "LONG", "SHORT"):  # a tuple: the value may be an unhashable list
         raise PayloadError(path(POSITIONS, index, "positionSide"), f"not BOTH, LONG or SHORT: {hedge_side!r}")
     side = Side.LONG if hedge_side == "LONG" or (hedge_side == "BOTH" and amount > 0) else Side.SHORT
     isolated = row.get("marginType") == "isolated"

@@ -40,6 +40,7 @@ from monitor.exchanges.payload import (
     path,
     position_error,
     rows,
+    snapshot,
     text,
 )
 from monitor.exchanges.permissions import BINANCE, binance_permissions
@@ -181,7 +182,8 @@ def normalise(
         maintenance_margin=maintenance_total - isolated_maintenance,
         margin_balance=wallet + unrealized,
     )
-    return AccountSnapshot(wallet_balance=wallet, positions=tuple(positions), reported=reported)
+    wallet_field = "totalCrossWalletBalance" if multi_assets or margin_asset == TOTALS_ASSET else "assets"
+    return snapshot(wallet, positions, reported, path(ACCOUNT, None, wallet_field))
 
 
 def _position(

@@ -28,6 +28,7 @@ from monitor.exchanges.payload import (
     path,
     position_error,
     rows,
+    snapshot,
     text,
 )
 from monitor.exchanges.permissions import BYBIT, bybit_permissions
@@ -112,7 +113,8 @@ def normalise(
         if size == 0:
             continue
         market_id = text(row, "symbol", POSITIONS, index)
-        side = SIDES.get(row.get("side", ""))
+        raw_side = row.get("side")
+        side = SIDES.get(raw_side) if isinstance(raw_side, str) else None
         if side is None:
             raise PayloadError(path(POSITIONS, index, "side"), f"not Buy or Sell: {row.get('side')!r}")
         isolated = str(row.get("tradeMode", "0")) == "1"
@@ -145,9 +147,7 @@ def normalise(
         else:
             cross_pnl += pnl
     reported = ReportedFigures(maintenance_margin=maintenance - isolated_mm, margin_balance=margin_balance)
-    return AccountSnapshot(
-        wallet_balance=margin_balance - cross_pnl, positions=tuple(positions), reported=reported
-    )
+    return snapshot(margin_balance - cross_pnl, positions, reported, f"{where_account}.totalMarginBalance")
 
 
 class BybitSource(RestSource):

@@ -25,6 +25,7 @@ from monitor.exchanges.payload import (
     path,
     position_error,
     rows,
+    snapshot,
     text,
 )
 from monitor.exchanges.source import RestSource
@@ -88,7 +89,7 @@ def normalise(
             continue
         symbol = text(row, "symbol", POSITIONS, index)
         side_text = row.get("side")
-        if side_text not in {"long", "short"}:
+        if side_text not in ("long", "short"):  # a tuple: the value may be an unhashable list
             raise PayloadError(path(POSITIONS, index, "side"), f"not long or short: {side_text!r}")
         instrument = by_symbol.get(symbol)
         size = optional_number(row, "contractSize", POSITIONS, index) or (
@@ -130,7 +131,7 @@ def normalise(
     if total_is_equity:
         # Equity counts the cross positions' unrealized PnL, which the engine adds itself.
         wallet_balance -= sum(p.unrealized_pnl() for p in parsed if p.margin_mode is MarginMode.CROSS)
-    return AccountSnapshot(wallet_balance=wallet_balance, positions=tuple(parsed), reported=None)
+    return snapshot(wallet_balance, parsed, None, path(BALANCE, None, "total"))
 
 
 class GenericSource(RestSource):

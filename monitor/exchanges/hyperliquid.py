@@ -17,7 +17,17 @@ import math
 from typing import TYPE_CHECKING
 
 from monitor.errors import ConfigError, PayloadError, PositionError
-from monitor.exchanges.payload import build_tiers, field, number, obj, path, position_error, rows, text
+from monitor.exchanges.payload import (
+    build_tiers,
+    field,
+    number,
+    obj,
+    path,
+    position_error,
+    rows,
+    snapshot,
+    text,
+)
 from monitor.exchanges.source import RestSource
 from monitor.risk.families import FAMILIES, Exchange, RawTier
 from monitor.risk.model import AccountSnapshot, MarginMode, Position, ReportedFigures, Side
@@ -106,8 +116,8 @@ def normalise(
         if not isolated:
             cross_pnl += pnl
     reported = ReportedFigures(maintenance_margin=maintenance, margin_balance=account_value)
-    return AccountSnapshot(
-        wallet_balance=account_value - cross_pnl, positions=tuple(positions), reported=reported
+    return snapshot(
+        account_value - cross_pnl, positions, reported, f"{STATE}.crossMarginSummary.accountValue"
     )
 
 

@@ -33,6 +33,7 @@ from monitor.exchanges.payload import (
     path,
     position_error,
     rows,
+    snapshot,
     text,
 )
 from monitor.exchanges.permissions import OKX, okx_permissions
@@ -119,7 +120,7 @@ def normalise(
         if instrument.inverse or (instrument.settle and instrument.settle != settle):
             continue
         hedge_side = row.get("posSide", "net")
-        if hedge_side not in {"net", "long", "short"}:
+        if hedge_side not in ("net", "long", "short"):  # a tuple: the value may be an unhashable list
             raise PayloadError(path(POSITIONS, index, "posSide"), f"not net, long or short: {hedge_side!r}")
         side = Side.LONG if hedge_side == "long" or (hedge_side == "net" and contracts > 0) else Side.SHORT
         isolated = row.get("mgnMode") == "isolated"
@@ -149,9 +150,7 @@ def normalise(
         if not isolated:
             cross_pnl += pnl
     reported = ReportedFigures(maintenance_margin=maintenance, margin_balance=margin_balance)
-    return AccountSnapshot(
-        wallet_balance=margin_balance - cross_pnl, positions=tuple(positions), reported=reported
-    )
+    return snapshot(margin_balance - cross_pnl, positions, reported, f"{BALANCE}.data[0]")
 
 
 def _pool(balance: object, settle: str) -> tuple[float, float]:

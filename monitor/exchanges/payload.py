@@ -12,12 +12,13 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from monitor.errors import PayloadError, PositionError, TierTableError
+from monitor.risk.model import AccountSnapshot
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from monitor.risk.families import FormulaFamily, RawTier
-    from monitor.risk.model import TierSpec, TierTable
+    from monitor.risk.model import Position, ReportedFigures, TierSpec, TierTable
 
 
 def path(where: str, index: int | str | None = None, key: str | None = None) -> str:
@@ -62,6 +63,8 @@ def number(row: Mapping[str, Any], key: str, where: str, index: int | str | None
         result = float(value)
     except (TypeError, ValueError):
         raise PayloadError(path(where, index, key), f"not a number: {_short(value)}") from None
+    except OverflowError:  # an integer beyond float's range (JSON allows any number of digits)
+        raise PayloadError(path(where, index, key), f"out of range: {_short(value)}") from None
     if not math.isfinite(result) or isinstance(value, bool):
         raise PayloadError(path(where, index, key), f"not a number: {_short(value)}")
     return result
@@ -94,6 +97,22 @@ def position_error(
     """
     key = (names or {}).get(exc.field, exc.field)
     return PayloadError(path(where, index, key), exc.problem)
+
+
+def snapshot(
+    wallet_balance: float,
+    positions: Iterable[Position],
+    reported: ReportedFigures | None,
+    where: str,
+) -> AccountSnapshot:
+    """An ``AccountSnapshot``; a wallet the model refuses becomes a ``PayloadError`` at ``where``.
+
+    ``where`` names the payload field(s) the wallet was computed from.
+    """
+    try:
+        return AccountSnapshot(wallet_balance=wallet_balance, positions=tuple(positions), reported=reported)
+    except PositionError as exc:
+        raise PayloadError(where, exc.problem) from exc
 
 
 def build_tiers(

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 #: Relative tolerance within which given maintenance amounts count as following the recurrence.
 CUM_TOLERANCE = 1e-9
 
+#: The largest wallet or notional a snapshot may hold, in the margin asset: far beyond any account
+#: (all the money in the world is about 1e15 USD), and far enough below float's range (1.8e308) that
+#: the engine's sums and products stay finite. A payload past it is garbage; taken as is, it could
+#: overflow to inf and then NaN, and a NaN margin ratio reads as ``ok``.
+MAX_AMOUNT = 1e18
+
 
 class Side(StrEnum):
     """Direction of a position; ``sign`` is +1 for long and -1 for short."""
@@ -186,6 +192,13 @@ class TierTable:
                     raise TierTableError(index, "amount", f"must be 0 in the first tier, got {amount:g}")
                 if amount < 0:
                     raise TierTableError(index, "amount", f"must not be negative, got {amount:g}")
+                if amount > spec.floor * spec.rate * (1 + CUM_TOLERANCE) + 1e-9:
+                    # A larger deduction makes the maintenance margin negative at the floor: no risk at all.
+                    raise TierTableError(
+                        index,
+                        "amount",
+                        f"must not exceed floor x rate {spec.floor * spec.rate:g}, got {amount:g}",
+                    )
                 continuous = continuous and math.isclose(amount, derived, rel_tol=CUM_TOLERANCE, abs_tol=1e-9)
             tiers.append(Tier(spec.floor, spec.cap, spec.rate, amount, spec.max_leverage))
         return cls(tuple(tiers), tuple(tier.floor for tier in tiers), continuous)
@@ -245,11 +258,20 @@ class Position:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise PositionError(name, f"must be a finite number > 0, got {value!r}")
+        for price in (self.entry_price, self.mark_price):
+            if self.notional(price) > MAX_AMOUNT:
+                raise PositionError(
+                    "contracts",
+                    f"a notional of {self.notional(price):g} is beyond any account (> {MAX_AMOUNT:g})",
+                )
         if self.margin_mode is MarginMode.ISOLATED:
             if self.isolated_wallet is None:
                 raise PositionError("isolated_wallet", "an isolated position needs its isolated wallet")
-            if not math.isfinite(self.isolated_wallet):
-                raise PositionError("isolated_wallet", f"must be finite, got {self.isolated_wallet!r}")
+            if not abs(self.isolated_wallet) <= MAX_AMOUNT:  # NaN fails too
+                raise PositionError(
+                    "isolated_wallet",
+                    f"must be finite and within {MAX_AMOUNT:g}, got {self.isolated_wallet!r}",
+                )
 
     @property
     def size(self) -> float:
@@ -290,8 +312,10 @@ class AccountSnapshot:
     reported: ReportedFigures | None = None
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.wallet_balance):
-            raise PositionError("wallet_balance", f"must be finite, got {self.wallet_balance!r}")
+        if not abs(self.wallet_balance) <= MAX_AMOUNT:  # NaN fails too
+            raise PositionError(
+                "wallet_balance", f"must be finite and within {MAX_AMOUNT:g}, got {self.wallet_balance!r}"
+            )
 
     def with_mark(self, symbol: str, price: float) -> AccountSnapshot:
         """The same account with every position in ``symbol`` marked at ``price``."""

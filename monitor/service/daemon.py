@@ -124,10 +124,11 @@ class Daemon:
         self.beats = 0
         #: The longest gap allowed between two beats (half the watchdog's ping period), or None.
         self.heartbeat_s: float | None = None
+        self._stopping = False
 
     # --- one poll -------------------------------------------------------------------------------
 
-    async def poll(self, name: str, *, force: bool = False) -> Assessment | None:
+    async def poll(self, name: str, *, force: bool = False) -> Assessment | None:  # noqa: PLR0911 - one return a way a poll ends
         """Fetch and assess one account; log the result. Never raises (a crashed loop is a bug).
 
         An account kept current by healthy streams is read only when reconciliation is due, unless
@@ -157,6 +158,13 @@ class Daemon:
         except TimeoutError:
             self._polled(state, "timeout", started)
             await self._failed(state, None, reason="timeout")
+            return None
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # Shutdown abandons a poll still waiting on a hung exchange after CLOSE_TIMEOUT_S: the
+            # scheduler would log the cancellation as a crash, with a traceback. Nothing to retry.
+            log.info("account.poll_abandoned", account=name, reason="shutdown")
             return None
         except Exception as exc:
             log.exception("account.poll_crashed", account=name, exchange=state.config.exchange)
@@ -520,6 +528,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop scheduling and close every source, within ``CLOSE_TIMEOUT_S``."""
         scheduler, self._scheduler = self._scheduler, None
+        self._stopping = True
         if scheduler is not None:
             # Pause first: shutting APScheduler's asyncio executor down cancels the jobs it runs,
             # and a poll cancelled mid-request logs a traceback for nothing. Let them finish.
