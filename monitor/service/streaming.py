@@ -282,32 +282,37 @@ class Streaming:
     async def _apply(self) -> None:
         """Recompute the accounts the pending marks touch, nearest a threshold first, in slices.
 
-        One applier at a time, so an account never sees an older mark after a newer one; marks that
-        arrive meanwhile are applied by its next round.
+        One applier at a time, so an account never sees an older mark after a newer one. Marks that
+        arrive while it works join the work at the next slice: an account not yet recomputed takes
+        the newer marks with the older, and the order is drawn again, so a crossing that arrives
+        during a tick of a thousand accounts waits for one slice, not for the rest of the tick.
         """
         try:
-            while self._pending_marks:
-                batches, self._pending_marks = self._pending_marks, {}
-                work: list[tuple[float, str, dict[str, float]]] = []
-                for key, marks in batches.items():
-                    held = self.index.get(key)
-                    if not held:
-                        continue
-                    affected: set[str] = set()
-                    for symbol in marks:
-                        affected |= held.get(symbol, set())
-                    work.extend(
-                        (self.live[name].urgency(marks), name, marks)
-                        for name in affected
-                        if name in self.live
-                    )
-                work.sort(key=lambda item: item[0])
-                for done, (_, name, marks) in enumerate(work, start=1):
-                    self._recompute(name, marks)
-                    if done % RECOMPUTE_SLICE == 0:
-                        await asyncio.sleep(0)
+            work: dict[str, dict[str, float]] = {}
+            order: list[str] = []
+            while self._pending_marks or order:
+                if self._pending_marks:
+                    self._take_pending(work)
+                    order = sorted(work, key=lambda name: self.live[name].urgency(work[name]))
+                for name in order[:RECOMPUTE_SLICE]:
+                    self._recompute(name, work.pop(name))
+                del order[:RECOMPUTE_SLICE]
+                if order or self._pending_marks:
+                    await asyncio.sleep(0)
         finally:
             self._applier = None
+
+    def _take_pending(self, work: dict[str, dict[str, float]]) -> None:
+        """Move the pending marks into ``work``: per affected account, the marks of its symbols."""
+        batches, self._pending_marks = self._pending_marks, {}
+        for key, marks in batches.items():
+            held = self.index.get(key)
+            if not held:
+                continue
+            for symbol, price in marks.items():
+                for name in held.get(symbol, ()):
+                    if name in self.live:
+                        work.setdefault(name, {})[symbol] = price
 
     def _recompute(self, name: str, marks: Mapping[str, float]) -> None:
         live = self.live.get(name)
