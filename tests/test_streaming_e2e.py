@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -467,11 +466,11 @@ async def test_user_streams_do_not_take_the_rest_connection_pool(
 # --- 8. the accounts a tick takes across a threshold go first ----------------------------------------
 
 
-def test_a_tick_orders_accounts_by_how_close_it_comes_to_their_thresholds() -> None:
-    """A mark tick recomputes first the accounts whose threshold prices it comes nearest.
+def test_a_tick_puts_first_the_accounts_whose_threshold_prices_it_passes() -> None:
+    """A tick recomputes first the accounts whose threshold prices it passes, in either direction.
 
-    ``_Live.urgency`` is 0 before the first assessment, then the relative distance of the new mark
-    from the nearest mark at which a threshold (or 100%) is reached.
+    ``_Live.crosses`` is true before the first assessment, then says whether a new mark passes the
+    nearest threshold (or liquidation) price below or above the mark the account was assessed at.
     """
     from monitor.brackets import bundled_tiers  # noqa: PLC0415 - only this test needs the bundled data
     from monitor.risk import AccountSnapshot, Position, Side, assess  # noqa: PLC0415
@@ -486,14 +485,18 @@ def test_a_tick_orders_accounts_by_how_close_it_comes_to_their_thresholds() -> N
         return _Live(snapshot, 0.0, snapshot.symbols())
 
     near, far = live(2_000.0), live(20_000.0)
-    assert near.urgency({"BTC/USDT:USDT": 99_000.0}) == 0.0  # not assessed yet: first
+    assert near.crosses({"BTC/USDT:USDT": 99_999.0})  # not assessed yet: first
     for account in (near, far):
         account.edges = _edges(assess(account.snapshot))
     warning = assess(near.snapshot).positions[0].threshold_prices[0]
     assert warning is not None
-    crossing = {"BTC/USDT:USDT": warning * 0.999}
-    assert near.urgency(crossing) == -1.0 < far.urgency(crossing)  # the mark passed its 150% price
-    assert 0 < near.urgency({"BTC/USDT:USDT": warning * 1.001}) < 0.002 < far.urgency(crossing)
-    assert near.urgency({"ETH/USDT:USDT": 3_000.0}) == math.inf  # a symbol it does not hold
-    ordered = sorted([("far", far.urgency(crossing)), ("near", near.urgency(crossing))], key=lambda x: x[1])
-    assert [name for name, _ in ordered] == ["near", "far"]
+    assert near.crosses({"BTC/USDT:USDT": warning * 0.999})
+    assert not near.crosses({"BTC/USDT:USDT": warning * 1.001})
+    assert not far.crosses({"BTC/USDT:USDT": warning * 0.999})
+    assert not near.crosses({"ETH/USDT:USDT": 3_000.0})  # a symbol it does not hold
+    # Back up from below 150%: the price of 150% is now above the mark, and passing it counts too.
+    crossed = live(2_000.0)
+    crossed.snapshot = crossed.snapshot.with_mark("BTC/USDT:USDT", warning * 0.99)
+    crossed.edges = _edges(assess(crossed.snapshot))
+    assert crossed.crosses({"BTC/USDT:USDT": warning * 1.01})
+    assert not crossed.crosses({"BTC/USDT:USDT": warning * 0.995})

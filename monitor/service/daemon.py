@@ -179,8 +179,13 @@ class Daemon:
         await self._after_assessment(state, assessment)
         return assessment
 
-    def stream_assessed(self, name: str, assessment: Assessment, *, fresh: bool, log_line: bool) -> None:
+    def stream_assessed(
+        self, name: str, assessment: Assessment, *, fresh: bool, log_line: bool
+    ) -> asyncio.Task[Any]:
         """An assessment recomputed from a mark tick; alerts go out through the same engine.
+
+        Returns the task that runs the alert engine on it (a tick awaits those of the accounts it
+        took across a threshold before recomputing the rest).
 
         ``fresh``: the positions behind it are recent enough to count as a good reading (staleness).
         ``log_line``: write the canonical line (streams tick every second; the log need not).
@@ -213,7 +218,7 @@ class Daemon:
                 positions=len(assessment.positions),
                 feed="marks",
             )
-        self._spawn(self._after_assessment(state, assessment), f"alerts:{name}")
+        return self._spawn(self._after_assessment(state, assessment), f"alerts:{name}")
 
     def margin_call(self, name: str, margin_ratio: float | None) -> None:
         """The exchange's own margin call for ``name`` (from its user-data stream)."""
@@ -243,11 +248,12 @@ class Daemon:
             except Exception:
                 log.exception("daemon.listener_failed", account=state.name)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         # Kept until done so the task is not garbage-collected mid-flight; failures are logged inside.
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def _after_assessment(self, state: AccountState, assessment: Assessment) -> None:
         for listener in self.listeners:

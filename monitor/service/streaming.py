@@ -52,10 +52,15 @@ CLOSE_TIMEOUT_S = 2.0
 #: assessed once a tick, not five times.
 COALESCE_S = 0.002
 
-#: Accounts recomputed between two yields to the event loop within one tick, nearest a threshold
-#: first: the alerts of those already done are stored (and new messages read) before the rest are
-#: computed, so an account about to cross waits for a few dozen others, not for a thousand.
+#: Accounts recomputed between two yields to the event loop within one tick, those whose threshold
+#: prices the tick passes first: the alerts of those already done are stored (and new messages
+#: read) before the rest are computed, so a crossing account waits for a few dozen others, not for
+#: a thousand.
 RECOMPUTE_SLICE = 16
+
+#: How long a tick waits for the alerts of the accounts it took across a threshold to be stored
+#: before it recomputes the rest (they are normally stored within milliseconds).
+URGENT_WAIT_S = 0.5
 
 
 @dataclass(slots=True)
@@ -66,27 +71,23 @@ class _Live:
     taken_at: float
     symbols: frozenset[str] = field(default_factory=frozenset)
     last_logged_at: float = 0.0
-    #: Symbol -> (its mark, the marks at which the account or an isolated position reaches a
-    #: threshold or 100%, the other marks held), from the last assessment (``None`` before the first).
-    edges: dict[str, tuple[float, tuple[float, ...]]] | None = None
+    #: Symbol -> the nearest marks below and above the current one at which the account (or an
+    #: isolated position) reaches a threshold or 100%, the other marks held, from the last
+    #: assessment (``None`` before the first).
+    edges: dict[str, tuple[float, float]] | None = None
 
-    def urgency(self, marks: Mapping[str, float]) -> float:
-        """How close these marks come to an edge; 0 before the first assessment.
+    def crosses(self, marks: Mapping[str, float]) -> bool:
+        """Whether these marks pass one of the account's threshold prices (or it was never assessed).
 
-        -1 when an edge lies between the old mark and the new (a crossing, either way), else the
-        new mark's relative distance to the nearest edge.
+        Two comparisons a symbol, so a tick can put its crossing accounts first among a thousand.
         """
         if self.edges is None:
-            return 0.0
-        nearest = math.inf
+            return True
         for symbol, mark in marks.items():
-            old, edges = self.edges.get(symbol, (mark, ()))
-            low, high = (old, mark) if old <= mark else (mark, old)
-            for edge in edges:
-                if low <= edge <= high:
-                    return -1.0
-                nearest = min(nearest, abs(mark - edge) / mark)
-        return nearest
+            edges = self.edges.get(symbol)
+            if edges is not None and not edges[0] < mark < edges[1]:
+                return True
+        return False
 
 
 class Streaming:
@@ -280,7 +281,7 @@ class Streaming:
         self._applier = asyncio.get_running_loop().create_task(self._apply(), name="marks:apply")
 
     async def _apply(self) -> None:
-        """Recompute the accounts the pending marks touch, nearest a threshold first, in slices.
+        """Recompute the accounts the pending marks touch, those they take across a threshold first.
 
         One applier at a time, so an account never sees an older mark after a newer one. Marks that
         arrive while it works join the work at the next slice: an account not yet recomputed takes
@@ -290,14 +291,23 @@ class Streaming:
         try:
             work: dict[str, dict[str, float]] = {}
             order: list[str] = []
+            urgent: set[str] = set()
+            alerting: list[asyncio.Task[Any]] = []
             while self._pending_marks or order:
                 if self._pending_marks:
                     self._take_pending(work)
-                    order = sorted(work, key=lambda name: self.live[name].urgency(work[name]))
+                    urgent = {name for name in work if self.live[name].crosses(work[name])}
+                    order = [*urgent, *(name for name in work if name not in urgent)]
                 for name in order[:RECOMPUTE_SLICE]:
-                    self._recompute(name, work.pop(name))
+                    task = self._recompute(name, work.pop(name))
+                    if name in urgent and task is not None:
+                        alerting.append(task)
                 del order[:RECOMPUTE_SLICE]
-                if order or self._pending_marks:
+                if alerting and not urgent.intersection(order[:RECOMPUTE_SLICE]):
+                    # The crossing accounts are done: their alerts are stored before the rest.
+                    await asyncio.wait(alerting, timeout=URGENT_WAIT_S)
+                    alerting.clear()
+                elif order or self._pending_marks:
                     await asyncio.sleep(0)
         finally:
             self._applier = None
@@ -314,10 +324,10 @@ class Streaming:
                     if name in self.live:
                         work.setdefault(name, {})[symbol] = price
 
-    def _recompute(self, name: str, marks: Mapping[str, float]) -> None:
+    def _recompute(self, name: str, marks: Mapping[str, float]) -> asyncio.Task[Any] | None:
         live = self.live.get(name)
         if live is None:
-            return
+            return None
         try:
             now = self._clock()
             live.snapshot = live.snapshot.with_marks({s: p for s, p in marks.items() if s in live.symbols})
@@ -328,9 +338,10 @@ class Streaming:
             canonical = now - live.last_logged_at >= self.daemon.accounts[name].config.poll_interval_s
             if canonical:
                 live.last_logged_at = now
-            self.daemon.stream_assessed(name, assessment, fresh=trusted, log_line=canonical)
+            return self.daemon.stream_assessed(name, assessment, fresh=trusted, log_line=canonical)
         except Exception:  # one account's bad data must not stop the others' recomputes
             log.exception("stream.assess_failed", account=name)
+            return None
 
     def on_user_event(self, name: str, event: UserEvent) -> None:
         """The user-data stream: re-read the account on an update, pass a margin call on."""
@@ -359,14 +370,21 @@ class Streaming:
             self._again.discard(name)
 
 
-def _edges(assessment: Assessment) -> dict[str, tuple[float, tuple[float, ...]]]:
-    """Per symbol, its mark and the marks at which a threshold or 100% is reached (the priority)."""
-    edges: dict[str, tuple[float, list[float]]] = {}
+def _edges(assessment: Assessment) -> dict[str, tuple[float, float]]:
+    """Per symbol, the nearest threshold prices below and above its mark (``_Live.crosses``)."""
+    edges: dict[str, tuple[float, float]] = {}
     for item in assessment.positions:
-        prices = (item.liquidation_price, *item.threshold_prices)
-        _, found = edges.setdefault(item.position.symbol, (item.position.mark_price, []))
-        found.extend(price for price in prices if price is not None and price > 0)
-    return {symbol: (mark, tuple(found)) for symbol, (mark, found) in edges.items()}
+        mark = item.position.mark_price
+        below, above = edges.get(item.position.symbol, (-math.inf, math.inf))
+        for price in (item.liquidation_price, *item.threshold_prices):
+            if price is None or price <= 0:
+                continue
+            if price <= mark:
+                below = max(below, price)
+            else:
+                above = min(above, price)
+        edges[item.position.symbol] = (below, above)
+    return edges
 
 
 def _differences(live: AccountSnapshot, rest: AccountSnapshot) -> dict[str, Any]:
