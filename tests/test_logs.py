@@ -310,3 +310,17 @@ def test_trie_handles_very_long_secrets() -> None:
     redactor = Redactor()
     redactor.set_secrets([long_secret, long_secret[:4000] + "x"])
     assert redactor.redact_text(f"<{long_secret}>") == "<***>"
+
+
+def test_a_remembered_redaction_does_not_outlive_the_secrets_it_was_made_under() -> None:
+    """Short strings are cached with their redacted form; new secrets start a new cache."""
+    redactor = Redactor()
+    assert redactor.redact_text("key=AKIA-distinct-0001") == "key=AKIA-distinct-0001"
+    redactor.set_secrets(["AKIA-distinct-0001"])
+    assert redactor.redact_text("key=AKIA-distinct-0001") == "key=***"
+    assert redactor.redact_text("key=AKIA-distinct-0001") == "key=***"  # from the cache
+    redactor.set_secrets([])
+    assert redactor.redact_text("key=AKIA-distinct-0001") == "key=AKIA-distinct-0001"
+    long_line = "x" * (Redactor.CACHE_MAX_LEN + 1) + "AKIA-distinct-0001"
+    redactor.set_secrets(["AKIA-distinct-0001"])
+    assert redactor.redact_text(long_line).endswith("***")

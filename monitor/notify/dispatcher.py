@@ -304,13 +304,20 @@ class Dispatcher:
                 if len(group) == 1:
                     results = [await self._attempt(channel, group[0])]
                 else:
-                    results = await asyncio.gather(*(self._attempt(channel, item) for item in group))
+                    # Sent together, marked together: one commit for the window.
+                    results = await asyncio.gather(*(self._attempt(channel, d, mark=False) for d in group))
+                    sent = [
+                        d for d, outcome in zip(group, results, strict=True) if outcome.result == "delivered"
+                    ]
+                    if sent:
+                        self._counters[name].delivered += sum(self.outbox.delivered_many(sent))
                 outcomes.extend(results)
                 if any(outcome.result == "retry" for outcome in results) or self._stopping.is_set():
                     break
         return outcomes
 
-    async def _attempt(self, channel: Channel, delivery: Delivery) -> Outcome:
+    async def _attempt(self, channel: Channel, delivery: Delivery, *, mark: bool = True) -> Outcome:
+        """One send (or expiry) of ``delivery``; ``mark=False`` leaves marking it delivered to the caller."""
         alert = delivery.alert
         counters = self._counters[channel.name]
         age = self._clock() - alert.created_at
@@ -345,15 +352,16 @@ class Dispatcher:
             return self._retry(channel.name, delivery, _describe(exc), None)
 
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
-        if self.outbox.delivered(delivery):
+        if mark and self.outbox.delivered(delivery):
             counters.delivered += 1
-        log.info(
-            "alert.delivered",
-            channel=channel.name,
-            alert_id=alert.id,
-            attempt=delivery.attempt,
-            latency_ms=latency_ms,
-        )
+        if channel.type != "log":  # the log channel's own line is the record of its delivery
+            log.info(
+                "alert.delivered",
+                channel=channel.name,
+                alert_id=alert.id,
+                attempt=delivery.attempt,
+                latency_ms=latency_ms,
+            )
         return Outcome(channel.name, alert.id, delivery.attempt, "delivered", latency_ms=latency_ms)
 
     def _dead_letter(self, name: str, delivery: Delivery, error: str) -> Outcome:

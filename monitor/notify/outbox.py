@@ -275,13 +275,21 @@ class Outbox:
 
     def delivered(self, delivery: Delivery) -> bool:
         """Mark ``delivery`` done (its channel returned); False if it was no longer pending."""
+        return self.delivered_many([delivery])[0]
+
+    def delivered_many(self, deliveries: Iterable[Delivery]) -> list[bool]:
+        """``delivered`` for several deliveries in one transaction (a window a channel sent together)."""
+        now = self._clock()
+        marked: list[bool] = []
         with self._transaction():
-            cursor = self._db.execute(
-                "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, finished_at = ? "
-                "WHERE seq = ? AND state = 'pending'",
-                (self._clock(), delivery.seq),
-            )
-        return cursor.rowcount == 1
+            for delivery in deliveries:
+                cursor = self._db.execute(
+                    "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, finished_at = ? "
+                    "WHERE seq = ? AND state = 'pending'",
+                    (now, delivery.seq),
+                )
+                marked.append(cursor.rowcount == 1)
+        return marked
 
     def failed(self, delivery: Delivery, error: str, next_attempt_at: float) -> bool:
         """Record a failed attempt and when to try again; False if it was no longer pending."""
