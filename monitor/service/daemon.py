@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import time
 from dataclasses import dataclass, field
@@ -525,10 +526,12 @@ class Daemon:
         try:
             await self.poll_all()
             self.start()
+            _freeze_long_lived()
             if on_ready is not None:
                 on_ready()
             await stop.wait()
         finally:
+            gc.unfreeze()  # what this run built may now be collected like anything else
             await self.shutdown()
 
     async def shutdown(self) -> None:
@@ -553,6 +556,17 @@ class Daemon:
                     *(state.source.close() for state in self.accounts.values()), return_exceptions=True
                 )
         log.info("daemon.stopped", accounts=len(self.accounts))
+
+
+def _freeze_long_lived() -> None:
+    """Move what start-up built (ccxt clients, markets, tiers) out of the garbage collector's sight.
+
+    A full collection scans every tracked object: with a thousand accounts' clients that was 400 ms
+    with the event loop stopped, now and then, which is a late alert. These objects live as long as
+    the run; frozen, a full collection scans only what came after.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def poll_result(exc: ExchangeError) -> str:
