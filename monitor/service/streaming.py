@@ -56,7 +56,7 @@ COALESCE_S = 0.002
 #: prices the tick passes first: the alerts of those already done are stored (and new messages
 #: read) before the rest are computed, so a crossing account waits for a few dozen others, not for
 #: a thousand.
-RECOMPUTE_SLICE = 16
+RECOMPUTE_SLICE = 8
 
 #: How long a tick waits for the alerts of the accounts it took across a threshold to be stored
 #: before it recomputes the rest (they are normally stored within milliseconds).
