@@ -557,6 +557,10 @@ class MqttChannel:
                 publish.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await publish
+            elif not publish.cancelled():
+                # Read it even when we leave by cancellation (the connection task ending): a failed
+                # publish nobody looked at is logged by asyncio as "never retrieved", with a traceback.
+                publish.exception()
         if publish.cancelled():
             raise _SessionLostError(topic)
         publish.result()
