@@ -244,6 +244,8 @@ def write_config(directory: Path, sim: SimServer, telegram_url: str, mqtt_port: 
         f'state_dir = "{directory / "state"}"',
         'log_format = "json"',
         "reconcile_s = 10",
+        # Any free port: a soak beside a running daemon (or CI beside another) must not collide on 9778.
+        'http_listen = "127.0.0.1:0"',
     ]
     for index, account in enumerate(sorted(sim.accounts.values(), key=lambda a: a.name)):
         env[f"SOAK_KEY_{index}"] = account.api_key
