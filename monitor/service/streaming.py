@@ -309,6 +309,8 @@ class Streaming:
                     alerting.clear()
                 elif order or self._pending_marks:
                     await asyncio.sleep(0)
+        except Exception:  # a crashed applier is a bug; the next tick starts a new one
+            log.exception("stream.apply_failed")
         finally:
             self._applier = None
 
