@@ -24,7 +24,7 @@ from monitor.exchanges.errors import translate
 from monitor.exchanges.urls import rewrite_hosts
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Mapping
 
 #: Options per exchange so that ``load_markets`` reads only the public market list of the family we
 #: monitor: no private currency endpoint (it would need keys, and it is another exchange's API on
@@ -132,22 +132,21 @@ class SharedSession:
                 await session.close()
 
 
-def create_client(settings: ClientSettings, session: aiohttp.ClientSession | None = None) -> Any:  # noqa: ANN401 - ccxt clients are untyped
-    """A configured ccxt async client; call it inside the running loop (raises ``RuntimeError`` otherwise)."""
-    asyncio.get_running_loop()  # ccxt binds its session to the loop; creating one outside is a bug
-    klass = getattr(ccxt_async, settings.exchange_id, None)
-    if klass is None or not isinstance(klass, type):
-        raise ConfigError("exchange", f"unknown ccxt exchange id {settings.exchange_id!r}")
-    options: dict[str, Any] = copy.deepcopy(CLIENT_OPTIONS.get(settings.exchange_id, {}))
-    options.update(dict(settings.options))
+def ccxt_config(settings: ClientSettings, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor arguments of a ccxt client (REST or pro) for ``settings``.
+
+    Our per-exchange ``CLIENT_OPTIONS``, then ``options``, then the settings' own; rate limiting on,
+    the timeout, and whichever credentials are set.
+    """
+    merged: dict[str, Any] = copy.deepcopy(CLIENT_OPTIONS.get(settings.exchange_id, {}))
+    merged.update(options or {})
+    merged.update(dict(settings.options))
     creds = settings.credentials
     config: dict[str, Any] = {
         "enableRateLimit": True,
         "timeout": int(settings.timeout_s * 1000),
-        "options": options,
+        "options": merged,
     }
-    if session is not None:
-        config["session"] = session
     config.update(
         {
             key: value
@@ -160,6 +159,18 @@ def create_client(settings: ClientSettings, session: aiohttp.ClientSession | Non
             if value is not None
         }
     )
+    return config
+
+
+def create_client(settings: ClientSettings, session: aiohttp.ClientSession | None = None) -> Any:  # noqa: ANN401 - ccxt clients are untyped
+    """A configured ccxt async client; call it inside the running loop (raises ``RuntimeError`` otherwise)."""
+    asyncio.get_running_loop()  # ccxt binds its session to the loop; creating one outside is a bug
+    klass = getattr(ccxt_async, settings.exchange_id, None)
+    if klass is None or not isinstance(klass, type):
+        raise ConfigError("exchange", f"unknown ccxt exchange id {settings.exchange_id!r}")
+    config = ccxt_config(settings)
+    if session is not None:
+        config["session"] = session
     client = klass(config)
     client.has = {**client.has, **CLIENT_HAS.get(settings.exchange_id, {})}
     if settings.sandbox:

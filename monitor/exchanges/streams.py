@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import json
 import random
@@ -55,11 +54,11 @@ import structlog
 from monitor.errors import ConfigError, PayloadError
 from monitor.exchanges.client import (
     CLIENT_HAS,
-    CLIENT_OPTIONS,
     ClientHandle,
     ClientSettings,
     Credentials,
     SharedSession,
+    ccxt_config,
 )
 from monitor.exchanges.errors import redact
 from monitor.exchanges.urls import rewrite_hosts
@@ -139,26 +138,7 @@ def create_pro_client(settings: ClientSettings) -> Any:  # noqa: ANN401 - ccxt c
     klass = getattr(ccxt_pro, settings.exchange_id, None)
     if klass is None or not isinstance(klass, type):
         raise ConfigError("exchange", f"no ccxt.pro websocket client for {settings.exchange_id!r}")
-    options: dict[str, Any] = copy.deepcopy(CLIENT_OPTIONS.get(settings.exchange_id, {}))
-    options["streamLimits"] = dict.fromkeys(("linear", "inverse"), MARK_CONNECTIONS)
-    options.update(dict(settings.options))
-    config: dict[str, Any] = {
-        "enableRateLimit": True,
-        "timeout": int(settings.timeout_s * 1000),
-        "options": options,
-    }
-    creds = settings.credentials
-    config.update(
-        {
-            key: value
-            for key, value in (
-                ("apiKey", creds.api_key),
-                ("secret", creds.secret),
-                ("password", creds.password),
-            )
-            if value is not None
-        }
-    )
+    config = ccxt_config(settings, {"streamLimits": dict.fromkeys(("linear", "inverse"), MARK_CONNECTIONS)})
     client = klass(config)
     client.has = {**client.has, **CLIENT_HAS.get(settings.exchange_id, {})}
     if settings.sandbox:
