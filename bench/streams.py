@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import hashlib
 import json
 import math
@@ -59,7 +60,7 @@ from monitor.sim import SimServer, bulk_accounts, compute_figures
 from alert_latency import MOSQUITTO, Broker, mosquitto
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 
     from monitor.alerts.model import Alert
     from monitor.service.alerting import Submitter
@@ -83,6 +84,8 @@ PHASE_TIMEOUT_S = 60.0
 #: How long the daemon may take to stop once asked (its own promise for SIGTERM is 5 s) before it is killed.
 STOP_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 180.0
+#: Set to a file name, the daemon child profiles its phases there (``python -m pstats FILE``).
+PROFILE_ENV = "MARGIN_MONITOR_BENCH_PROFILE"
 #: A daemon whose memory passes this is stopped (and its row says so): a backlog can grow without bound.
 MEMORY_CAP_MB = 4096.0
 TARGET_P99_MS = 50.0
@@ -252,7 +255,8 @@ async def daemon_role(args: argparse.Namespace, started: float, sink: TextIO) ->
             try:
                 assessed_at = await _wait_ready(daemon, streaming, mqtt, task)
                 _emit({"ready": time.time(), "assessed_at": assessed_at, "startup_s": time.time() - started})
-                await reader.read()  # until the parent closes our stdin
+                with _profiled(os.environ.get(PROFILE_ENV)):
+                    await reader.read()  # until the parent closes our stdin
                 if alerts.alerting is not None:
                     histories = [len(state.history) for state in alerts.alerting.states.values()]
                     extra["history_max"] = max(histories, default=0)
@@ -263,6 +267,21 @@ async def daemon_role(args: argparse.Namespace, started: float, sink: TextIO) ->
             finally:
                 stop.set()
                 await task
+
+
+@contextlib.contextmanager
+def _profiled(path: str | None) -> Iterator[None]:
+    """Profile the daemon's phases into ``path`` (cProfile's format) when it is set."""
+    if not path:
+        yield
+        return
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
 
 
 async def _wait_ready(

@@ -137,6 +137,16 @@ def test_a_slow_fall_of_the_same_size_is_quiet() -> None:
     assert Run().feed(timeline) == []
 
 
+def test_the_fall_window_keeps_only_its_last_five_minutes() -> None:
+    """A gap drops every reading older than the window at once; a high ratio long ago is no fall."""
+    run = Run()
+    assert run.feed([(float(t), 3.0) for t in range(0, 240, 10)]) == []
+    assert run.feed([(600.0, 2.6), (610.0, 2.55)]) == []  # 3.0 was 6 minutes ago
+    assert run.state is not None
+    assert [at for at, _ in run.state.history] == [600.0, 610.0]
+    assert run.feed([(700.0, 2.2)]) == [(700.0, "fast_fall", "ok")]  # 40 points since 600
+
+
 def test_a_fast_fall_into_a_level_is_one_notification() -> None:
     """A fast fall that also crosses a threshold sends the level's alert, marked with the fall."""
     run = Run()
@@ -258,13 +268,19 @@ def test_observations_carry_positions_and_actions() -> None:
     assert [item.key for item in found] == ["main", "main/SOL/USDT:USDT/long"]
     cross = found[0]
     assert cross.margin_ratio == assessment.margin_ratio
-    distances = [p.liquidation_distance_pct for p in cross.positions]
+    assert cross.positions == ()  # computed only when an alert needs them
+    positions, action = cross.resolved()
+    distances = [p.liquidation_distance_pct for p in positions]
     assert distances == sorted(d for d in distances if d is not None)
-    assert cross.action is not None
+    assert action is not None
     assert assessment.margin_ratio is not None
     assert assessment.margin_ratio > 2.0
-    assert cross.action.margin_to_add == 0  # already above the 200% target
+    assert action.margin_to_add == 0  # already above the 200% target
     assert POLICY.level_of(assessment.margin_ratio) == "ok"
-    btc = next(p for p in cross.positions if p.symbol == "BTC/USDT:USDT")
+    btc = next(p for p in positions if p.symbol == "BTC/USDT:USDT")
     assert btc.next_threshold_pct == pytest.approx(150)  # from ok, the next alert is the warning at 150%
     assert btc.next_threshold_price == assessment.positions[0].threshold_prices[0]
+    isolated_positions, isolated_action = found[1].resolved()
+    assert [p.symbol for p in isolated_positions] == ["SOL/USDT:USDT"]
+    assert isolated_action is not None
+    assert isolated_action.close_fraction is None  # an isolated position is only topped up

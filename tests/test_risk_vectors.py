@@ -913,3 +913,29 @@ def test_close_fraction_is_none_when_closing_everything_falls_short(index: int, 
     others = assessment.maintenance_margin - assessment.positions[index].maintenance_margin
     assert assessment.margin_balance / others < target
     assert close_fraction(assessment, assessment.positions[index], target) is None
+
+
+# --- moving marks (every stream tick) -------------------------------------------------------------
+
+
+def test_with_marks_equals_a_validated_rebuild() -> None:
+    """The tick's fast copy is the same account ``replace`` would build, the other symbols untouched."""
+    account = _faq_account()
+    moved = account.with_marks({"BTCUSDT": 25_000.0})
+    expected = replace(
+        account,
+        positions=tuple(
+            replace(p, mark_price=25_000.0) if p.symbol == "BTCUSDT" else p for p in account.positions
+        ),
+    )
+    assert moved == expected
+    assert moved.positions[1] is account.positions[1]
+    assert account.positions[0].mark_price != 25_000.0  # the original is left as it was
+
+
+@pytest.mark.parametrize("price", [math.nan, math.inf, 0.0, -1.0, 1e30])
+def test_with_marks_refuses_a_bad_mark(price: float) -> None:
+    """A mark no position could have names the field, as the constructor's checks do."""
+    with pytest.raises(PositionError) as caught:
+        _faq_account().with_marks({"BTCUSDT": price})
+    assert caught.value.field == ("contracts" if price == 1e30 else "mark_price")

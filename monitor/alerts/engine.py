@@ -22,13 +22,18 @@ Semantics (Prometheus Alertmanager's, where they fit):
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from monitor.alerts.model import LEVEL_ORDER, Alert, AlertKind, PositionAtRisk, SuggestedAction, severity
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
+
+    #: What an alert says beyond the figures: the positions nearest liquidation, and what to do.
+    Details = tuple[tuple[PositionAtRisk, ...], SuggestedAction | None]
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -119,6 +124,15 @@ class Observation:
     maintenance_margin: float | None = None
     positions: tuple[PositionAtRisk, ...] = ()
     action: SuggestedAction | None = None
+    #: Computes ``positions`` and ``action`` when an alert needs them, in their place: a stream
+    #: observes every account every second, and nearly every observation raises nothing.
+    details: Callable[[], Details] | None = field(default=None, compare=False, repr=False)
+
+    def resolved(self) -> Details:
+        """The positions at risk and the suggested action, computed now if they are deferred."""
+        if self.details is not None:
+            return self.details()
+        return self.positions, self.action
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +310,12 @@ def _quiet_since(last: float | None, now: float, interval: float) -> bool:
 def _trim(
     history: tuple[tuple[float, float], ...], now: float, policy: AlertPolicy
 ) -> tuple[tuple[float, float], ...]:
+    # Oldest first: usually nothing or one reading has left the window (a tuple of 300 rebuilt on
+    # every tick of every account was a tenth of a stream's work).
     horizon = now - policy.fast_fall_window_s
-    return tuple(item for item in history if item[0] >= horizon)
+    if not history or history[0][0] >= horizon:
+        return history
+    return history[bisect_left(history, horizon, key=itemgetter(0)) :]
 
 
 def _fast_fall(
@@ -306,7 +324,7 @@ def _fast_fall(
     """How far the ratio fell within the window down to ``ratio``, if at least ``policy.fast_fall``."""
     if ratio is None or not history:
         return None
-    fell = max(ratio, *(value for _, value in history)) - ratio
+    fell = max(ratio, max(history, key=itemgetter(1))[1]) - ratio
     return fell if fell >= policy.fast_fall else None
 
 
@@ -340,6 +358,7 @@ def _alert(
     summary = f"{observation.account}: {summaries[kind]}"
     if kind is AlertKind.REPEAT and level == "blind":
         summary = f"{observation.account}: still blind: no fresh data"
+    positions, action = observation.resolved()
     return Alert(
         id=alert_id(observation.key, kind, level, now),
         kind=kind,
@@ -353,8 +372,8 @@ def _alert(
         threshold_pct=None if threshold is None else threshold * 100,
         margin_balance=observation.margin_balance,
         maintenance_margin=observation.maintenance_margin,
-        positions=observation.positions,
-        action=observation.action,
+        positions=positions,
+        action=action,
         summary=summary,
     )
 

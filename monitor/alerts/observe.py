@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 from monitor.alerts.engine import Observation
@@ -10,7 +11,7 @@ from monitor.risk.actions import account_margin_to_add, close_fraction, isolated
 from monitor.risk.model import MarginMode
 
 if TYPE_CHECKING:
-    from monitor.alerts.engine import AlertPolicy
+    from monitor.alerts.engine import AlertPolicy, Details
     from monitor.risk.model import Assessment, PositionAssessment
 
 
@@ -22,23 +23,17 @@ def isolated_key(account: str, item: PositionAssessment) -> str:
 def observations(
     account: str, exchange: str, assessment: Assessment, policy: AlertPolicy
 ) -> list[Observation]:
-    """The account's cross margin, then each isolated position with a ratio of its own."""
+    """The account's cross margin, then each isolated position with a ratio of its own.
+
+    The positions at risk and the suggested action are computed only for an observation that
+    raises an alert (``Observation.details``).
+    """
     cross = [item for item in assessment.positions if item.position.margin_mode is MarginMode.CROSS]
-    level = policy.level_of(assessment.margin_ratio)
-    action = None
-    if assessment.margin_ratio is not None:
-        fractions = [
-            (fraction, item.position.symbol)
-            for item in cross
-            if (fraction := close_fraction(assessment, item, policy.target_ratio))
-        ]
-        smallest = min(fractions) if fractions else None
-        action = SuggestedAction(
-            target_ratio_pct=policy.target_ratio * 100,
-            margin_to_add=account_margin_to_add(assessment, policy.target_ratio),
-            close_symbol=None if smallest is None else smallest[1],
-            close_fraction=None if smallest is None else smallest[0],
-        )
+
+    def cross_details() -> Details:
+        level = policy.level_of(assessment.margin_ratio)
+        return _at_risk(cross, assessment.thresholds, level, policy), _cross_action(assessment, cross, policy)
+
     found = [
         Observation(
             key=account,
@@ -47,15 +42,12 @@ def observations(
             margin_ratio=assessment.margin_ratio,
             margin_balance=assessment.margin_balance,
             maintenance_margin=assessment.maintenance_margin,
-            positions=_at_risk(cross, assessment.thresholds, level, policy),
-            action=action,
+            details=cross_details,
         )
     ]
     for item in assessment.positions:
         if item.position.margin_mode is not MarginMode.ISOLATED or item.margin_ratio is None:
             continue
-        own = policy.level_of(item.margin_ratio)
-        to_add = isolated_margin_to_add(item, policy.target_ratio)
         found.append(
             Observation(
                 key=isolated_key(account, item),
@@ -64,11 +56,40 @@ def observations(
                 margin_ratio=item.margin_ratio,
                 margin_balance=item.margin_balance,
                 maintenance_margin=item.maintenance_margin,
-                positions=_at_risk([item], assessment.thresholds, own, policy),
-                action=SuggestedAction(target_ratio_pct=policy.target_ratio * 100, margin_to_add=to_add),
+                details=partial(_isolated_details, item, assessment.thresholds, policy),
             )
         )
     return found
+
+
+def _cross_action(
+    assessment: Assessment, cross: list[PositionAssessment], policy: AlertPolicy
+) -> SuggestedAction | None:
+    if assessment.margin_ratio is None:
+        return None
+    fractions = [
+        (fraction, item.position.symbol)
+        for item in cross
+        if (fraction := close_fraction(assessment, item, policy.target_ratio))
+    ]
+    smallest = min(fractions) if fractions else None
+    return SuggestedAction(
+        target_ratio_pct=policy.target_ratio * 100,
+        margin_to_add=account_margin_to_add(assessment, policy.target_ratio),
+        close_symbol=None if smallest is None else smallest[1],
+        close_fraction=None if smallest is None else smallest[0],
+    )
+
+
+def _isolated_details(
+    item: PositionAssessment, thresholds: tuple[float, ...], policy: AlertPolicy
+) -> Details:
+    own = policy.level_of(item.margin_ratio)
+    action = SuggestedAction(
+        target_ratio_pct=policy.target_ratio * 100,
+        margin_to_add=isolated_margin_to_add(item, policy.target_ratio),
+    )
+    return _at_risk([item], thresholds, own, policy), action
 
 
 def _at_risk(

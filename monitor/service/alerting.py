@@ -183,6 +183,16 @@ class Alerting:
 
     async def assessed(self, account: str, exchange: str, assessment: Assessment) -> list[Alert]:
         """Fold a fresh assessment in; submit and return the alerts it raised."""
+        raised = self.evaluate(account, exchange, assessment)
+        await self.submit(raised)
+        return raised
+
+    def evaluate(self, account: str, exchange: str, assessment: Assessment) -> list[Alert]:
+        """Fold a fresh assessment in; the alerts it raised, for ``submit``.
+
+        Synchronous, so a stream's tick need not start a task for each of the accounts it
+        recomputes; nearly all of them raise nothing.
+        """
         now = self._clock()
         muted = self.mutes.until(account)
         raised: list[Alert] = []
@@ -191,7 +201,6 @@ class Alerting:
                 observation.key,
                 observe(self.states.get(observation.key), observation, now, self.policy, muted_until=muted),
             )
-        await self._submit(raised)
         return raised
 
     async def blind(self, account: str, exchange: str, seconds_since_data: float | None) -> list[Alert]:
@@ -212,7 +221,7 @@ class Alerting:
                 muted_until=muted,
             )
             raised += self._apply(key, result)
-        await self._submit(raised)
+        await self.submit(raised)
         return raised
 
     async def margin_call(self, account: str, exchange: str, margin_ratio: float | None) -> list[Alert]:
@@ -226,7 +235,7 @@ class Alerting:
             muted_until=self.mutes.until(account),
         )
         raised = self._apply(account, result)
-        await self._submit(raised)
+        await self.submit(raised)
         return raised
 
     def _apply(self, key: str, result: tuple[KeyState, list[Alert]]) -> list[Alert]:
@@ -238,11 +247,16 @@ class Alerting:
             self._dirty = True
         return alerts
 
-    async def _submit(self, alerts: list[Alert]) -> None:
+    async def submit(self, alerts: list[Alert]) -> None:
+        """Hand ``alerts`` to the dispatcher (which stores them), then save the state in the background."""
         # The outbox first, the state file after: a crash in between re-sends an alert on restart
         # (receivers drop it by id or see it twice), where the other order could lose it.
         for alert in alerts:
             await self.submitter.submit(alert)
+        self.save_soon()
+
+    def save_soon(self) -> None:
+        """Write the state file in the background if something durable changed (``SAVE_EVERY_S``)."""
         if self._dirty and (self._saver is None or self._saver.done()):
             # In the background: the caller (a mark tick's recompute) need not wait for the disk.
             self._saver = asyncio.get_running_loop().create_task(self._save(), name="alerts:save")

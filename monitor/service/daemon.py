@@ -34,6 +34,7 @@ from monitor.risk.engine import assess
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
 
+    from monitor.alerts.model import Alert
     from monitor.config import AccountConfig, Config
     from monitor.exchanges.base import AccountSource, FetchedAccount
     from monitor.risk.model import Assessment
@@ -182,11 +183,11 @@ class Daemon:
 
     def stream_assessed(
         self, name: str, assessment: Assessment, *, fresh: bool, log_line: bool
-    ) -> asyncio.Task[Any]:
+    ) -> asyncio.Task[Any] | None:
         """An assessment recomputed from a mark tick; alerts go out through the same engine.
 
-        Returns the task that runs the alert engine on it (a tick awaits those of the accounts it
-        took across a threshold before recomputing the rest).
+        Returns the task that stores the alerts it raised, if any (a tick awaits those of the
+        accounts it took across a threshold before recomputing the rest).
 
         ``fresh``: the positions behind it are recent enough to count as a good reading (staleness).
         ``log_line``: write the canonical line (streams tick every second; the log need not).
@@ -219,7 +220,18 @@ class Daemon:
                 positions=len(assessment.positions),
                 feed="marks",
             )
-        return self._spawn(self._after_assessment(state, assessment), f"alerts:{name}")
+        self._tell_listeners(state, assessment)
+        if self.alerting is None:
+            return None
+        try:
+            raised = self.alerting.evaluate(name, state.config.exchange, assessment)
+        except Exception:
+            log.exception("alerts.failed", account=name)
+            return None
+        if not raised:
+            self.alerting.save_soon()
+            return None
+        return self._spawn(self._submit(self.alerting, name, raised), f"alerts:{name}")
 
     def margin_call(self, name: str, margin_ratio: float | None) -> None:
         """The exchange's own margin call for ``name`` (from its user-data stream)."""
@@ -257,16 +269,26 @@ class Daemon:
         return task
 
     async def _after_assessment(self, state: AccountState, assessment: Assessment) -> None:
-        for listener in self.listeners:
-            try:
-                listener(state.name, state.config.exchange, assessment)
-            except Exception:
-                log.exception("daemon.listener_failed", account=state.name)
+        self._tell_listeners(state, assessment)
         if self.alerting is not None:
             try:
                 await self.alerting.assessed(state.name, state.config.exchange, assessment)
             except Exception:
                 log.exception("alerts.failed", account=state.name)
+
+    def _tell_listeners(self, state: AccountState, assessment: Assessment) -> None:
+        for listener in self.listeners:
+            try:
+                listener(state.name, state.config.exchange, assessment)
+            except Exception:
+                log.exception("daemon.listener_failed", account=state.name)
+
+    @staticmethod
+    async def _submit(alerting: Alerting, name: str, alerts: list[Alert]) -> None:
+        try:
+            await alerting.submit(alerts)
+        except Exception:
+            log.exception("alerts.failed", account=name)
 
     def _poll_timeout(self, state: AccountState) -> float:
         # A poll must end, or the account would go blind without a word on why.

@@ -6,10 +6,11 @@ shippers; on a terminal the same events are rendered for people. ccxt, aiohttp a
 through the standard library; their records go through the same processors (at WARNING and
 above: their INFO and DEBUG lines are request chatter, and ccxt's verbose mode prints signed URLs).
 
-Every line passes the redactor twice: once over the event's fields (exception text included) before
-rendering, once over the rendered line, which catches a secret inside the ``repr`` of some object.
-It replaces each configured secret, any ``signature=`` query parameter and the value of the API
-key headers exchanges use, with ``***``.
+Every rendered line, exception text included, passes the redactor, which knows each secret as it
+is written raw, inside a JSON string and inside a ``repr``: it replaces each configured secret, any
+``signature=`` query parameter and the value of the API key headers exchanges use, with ``***``.
+(It once also went over every field before rendering: that found nothing the pass over the line
+misses, and cost as much as the rest of the line.)
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ _HEADER = re.compile(
     r"(?i)(\b(?:" + "|".join(re.escape(name) for name in SECRET_HEADERS) + r")['\"]?\s*[:=]\s*['\"]?)"
     r"[^'\"\s,;}&]+"
 )
+
+#: Lower-case text that must be in a line before the patterns above can match in it: a check for
+#: them costs a microsecond where the case-insensitive patterns cost 75 µs on an alert's line.
+_HEADER_NAMES = tuple(name.lower() for name in SECRET_HEADERS)
+_SIGNATURE_MARK = "signature="
 
 _HANDLER_NAME = "margin-monitor"
 
@@ -107,27 +113,15 @@ class Redactor:
         pattern = self._pattern  # read once: set_secrets may run in another thread
         if pattern is not None:
             text = pattern.sub(REDACTED, text)
-        if "=" in text:
+        lower = text.lower()
+        if _SIGNATURE_MARK in lower:
             text = _SIGNATURE.sub(rf"\g<1>{REDACTED}", text)
-        return _HEADER.sub(rf"\g<1>{REDACTED}", text)
-
-    def redact_value(self, value: object) -> object:
-        """``value`` with its strings redacted, through dicts, lists, tuples and sets."""
-        if isinstance(value, str):
-            return self.redact_text(value)
-        if isinstance(value, dict):
-            return {key: self.redact_value(item) for key, item in value.items()}
-        if isinstance(value, list | tuple | set | frozenset):
-            return type(value)(self.redact_value(item) for item in value)
-        # Anything else is rendered by repr() later; the pass over the rendered line covers it.
-        return value
-
-    def __call__(self, _logger: WrappedLogger, _method_name: str, event_dict: EventDict) -> EventDict:
-        """The structlog processor: redact every field of the event."""
-        return {key: self.redact_value(value) for key, value in event_dict.items()}
+        if any(name in lower for name in _HEADER_NAMES):
+            text = _HEADER.sub(rf"\g<1>{REDACTED}", text)
+        return text
 
     def rendered(self, _logger: WrappedLogger, _method_name: str, line: EventDict | str) -> str:
-        """The last processor: redact the rendered line itself."""
+        """The last processor: redact the rendered line."""
         if not isinstance(line, str):  # pragma: no cover - the renderers before it return str
             raise TypeError(f"expected a rendered line, got {type(line).__name__}")
         return self.redact_text(line)
@@ -190,7 +184,6 @@ def configure_logging(
             # Tracebacks become plain text before the redactor sees them. The console renderer's
             # own (rich) tracebacks would print local variables, credentials among them.
             structlog.processors.format_exc_info,
-            REDACTOR,
             *renderers,
             REDACTOR.rendered,
         ],
