@@ -14,9 +14,11 @@ import pytest
 import pytest_asyncio
 from monitor.alerts.model import Alert, AlertKind, PositionAtRisk, SuggestedAction
 from monitor.errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from monitor.notify.dispatcher import Dispatcher
 from monitor.notify.format import price, render
 from monitor.notify.http import parse_retry_after
 from monitor.notify.ntfy import NtfyChannel, NtfySettings
+from monitor.notify.outbox import Outbox
 from monitor.notify.pushover import PushoverChannel, PushoverSettings
 from monitor.notify.telegram import TelegramChannel, TelegramSettings
 from monitor.notify.webhook import ZERO_TIME, WebhookChannel, WebhookSettings
@@ -26,6 +28,7 @@ from fakes import FakeNtfy, FakePushover, FakeServer, FakeTelegram, FakeWebhook,
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+    from pathlib import Path
 
     from monitor.notify.base import Channel
 
@@ -341,6 +344,43 @@ async def test_telegram_retry_skips_chats_already_served(telegram: FakeTelegram)
     finally:
         await channel.close()
     assert sorted(message["chat_id"] for message in telegram.messages()) == [CHAT, OTHER_CHAT]
+
+
+@pytest.mark.asyncio
+async def test_telegram_outage_after_rate_limits_retries_at_the_base_backoff(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    """Through the dispatcher: three 429s then a 500; the retry after the 500 waits the base backoff.
+
+    The 429s' ``retry_after`` (1 s, then 0) is honoured and does not grow the backoff, which would
+    otherwise be ``base * 2**3`` = 2.4 s.
+    """
+    base_s = 0.3
+    channel = telegram_channel(telegram, min_interval_s=0.0)
+    telegram.fail_next(429, retry_after=1, route="sendMessage")
+    telegram.fail_next(429, retry_after=0, route="sendMessage", times=2)
+    telegram.fail_next(500, route="sendMessage")
+    with Outbox.for_state_dir(tmp_path) as outbox:
+        sender = Dispatcher(outbox, [channel], backoff_base_s=base_s, rng=lambda: 1.0)
+        try:
+            with capture_logs():
+                await sender.submit(make_alert(created_at=time.time()))
+                outcomes = await sender.drain(timeout=5.0)
+        finally:
+            await channel.close()
+        assert outbox.history(0)[0].deliveries[0].attempts == 5
+    assert [(o.result, o.retry_in_s) for o in outcomes] == [
+        ("retry", 1.0),
+        ("retry", 0.0),
+        ("retry", 0.0),
+        ("retry", base_s),
+        ("delivered", None),
+    ]
+    sent = [request.at for request in telegram.requests("sendMessage")]
+    assert len(sent) == 5
+    assert sent[1] - sent[0] >= 1.0
+    assert base_s <= sent[4] - sent[3] < 2 * base_s
+    assert len(telegram.messages()) == 1
 
 
 @pytest.mark.asyncio

@@ -379,6 +379,43 @@ async def test_retry_after_is_honoured_exactly(outbox: Outbox) -> None:
 
 
 @pytest.mark.asyncio
+async def test_rate_limits_do_not_grow_the_backoff(outbox: Outbox) -> None:
+    """A burst of 429s then a 502 waits the base backoff: only failures without a named wait count.
+
+    Every attempt still counts in ``attempts`` (the log lines, the history, the delivered outcome).
+    """
+    clock = Clock()
+    rate_limited = TemporaryDeliveryError("429 Too Many Requests", retry_after=0.5)
+    bad_gateway = TemporaryDeliveryError("502 Bad Gateway")
+    channel = ScriptedChannel(
+        "telegram", rate_limited, rate_limited, rate_limited, bad_gateway, rate_limited, bad_gateway, None
+    )
+    sender = Dispatcher(
+        outbox, [channel], clock=clock, backoff_base_s=1, backoff_cap_s=300, rng=lambda: 0.5, max_age_s=1e9
+    )
+    await sender.submit(make_alert(1))
+    waits: list[float | None] = []
+    with capture_logs() as logs:
+        while (outcome := (await sender.deliver_once())[0]).result == "retry":
+            assert outcome.retry_in_s is not None
+            waits.append(outcome.retry_in_s)
+            clock.now += outcome.retry_in_s
+    # rng 0.5 puts a backoff at 3/4 of its ceiling: the first 502 gets base 1 (not 2**3), the second 2.
+    assert waits == [0.5, 0.5, 0.5, 0.75, 0.5, 1.5]
+    assert (outcome.result, outcome.attempt) == ("delivered", 7)
+    assert [line["attempt"] for line in logs if line["event"] == "alert.delivery_failed"] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    assert outbox.history(0)[0].deliveries[0].attempts == 7
+    assert sender.counters()["telegram"].failed == 6
+
+
+@pytest.mark.asyncio
 async def test_a_permanent_error_is_dead_lettered_at_once(outbox: Outbox) -> None:
     """A 400-style error is never retried; the next alert of the channel goes out behind it."""
     clock = Clock()

@@ -6,6 +6,7 @@ what another connection, or the next process, finds in the file.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from monitor.alerts.model import Alert, AlertKind, PositionAtRisk, SuggestedAction
-from monitor.notify.outbox import FILENAME, Outbox
+from monitor.notify.outbox import FILENAME, SCHEMA_VERSION, Outbox
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -140,6 +141,17 @@ def test_a_delivery_waiting_for_its_retry_holds_back_its_channel_only(outbox: Ou
     ]
 
 
+def test_a_rate_limited_attempt_counts_as_an_attempt_not_a_failure(outbox: Outbox) -> None:
+    """``failures`` (the backoff's exponent) skips the attempts whose wait the peer named."""
+    outbox.add(make_alert(1), ["telegram"])
+    for rate_limited in (True, True, False, True):
+        (delivery,) = outbox.due(NOW, 1)
+        outbox.failed(delivery, "TemporaryDeliveryError: 429", NOW, rate_limited=rate_limited)
+    (delivery,) = outbox.due(NOW, 1)
+    assert (delivery.attempts, delivery.failures, delivery.attempt) == (4, 1, 5)
+    assert outbox.history(0)[0].deliveries[0].attempts == 4
+
+
 def test_delivered_deliveries_leave_the_queue_once(outbox: Outbox, clock: Clock) -> None:
     """A delivered row is no longer due; marking it twice changes nothing."""
     outbox.add(make_alert(1), ["log"])
@@ -218,6 +230,90 @@ def test_a_reopened_outbox_resumes_where_the_last_one_stopped(tmp_path: Path) ->
         assert second.due(NOW, 10) == []  # alert-1 waits for its retry and holds alert-2 behind it
         resumed = second.due(NOW + 30, 10)
         assert [(d.alert.id, d.attempts) for d in resumed] == [("alert-1", 1), ("alert-2", 0)]
+
+
+# The schema of version 1, as it shipped: ``deliveries`` had no ``failures`` column.
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    level TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_created ON alerts (created_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL REFERENCES alerts (id) ON DELETE CASCADE,
+    channel TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    finished_at REAL,
+    UNIQUE (alert_id, channel)
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (seq) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_pending_channel ON deliveries (channel, seq) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    delivery_seq INTEGER NOT NULL UNIQUE REFERENCES deliveries (seq) ON DELETE CASCADE,
+    alert_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_file_is_upgraded_in_place_and_keeps_its_deliveries(tmp_path: Path) -> None:
+    """An outbox written before ``failures`` existed gains the column and resumes where it stood.
+
+    The old count of attempts becomes the failure count of what is pending, so an upgraded
+    delivery never retries sooner than the old program would have.
+    """
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        db.executescript(V1_SCHEMA)
+        db.executemany(
+            "INSERT INTO alerts (id, account, kind, level, created_at, body) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (a.id, a.account, a.kind.value, a.level, a.created_at, json.dumps(a.to_dict()))
+                for a in map(make_alert, range(3))
+            ],
+        )
+        db.executemany(
+            "INSERT INTO deliveries (alert_id, channel, state, attempts, next_attempt_at, last_error, "
+            "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                ("alert-0", "telegram", "delivered", 1, NOW - 60, None, NOW - 59),
+                ("alert-1", "telegram", "pending", 3, NOW + 30, "TemporaryDeliveryError: 502", None),
+                ("alert-2", "telegram", "pending", 0, NOW - 10, None, None),
+            ],
+        )
+    db.close()
+
+    with Outbox.for_state_dir(tmp_path) as upgraded:
+        assert upgraded.pending_count() == 2
+        assert upgraded.due(NOW, 10) == []  # alert-1 still waits for its retry, alert-2 behind it
+        resumed = upgraded.due(NOW + 30, 10)
+        assert [(d.alert, d.attempts, d.failures, d.last_error) for d in resumed] == [
+            (make_alert(1), 3, 3, "TemporaryDeliveryError: 502"),
+            (make_alert(2), 0, 0, None),
+        ]
+        assert upgraded.failed(resumed[0], "TemporaryDeliveryError: 429", NOW + 31, rate_limited=True)
+        assert upgraded.delivered(resumed[1])
+        (done,) = upgraded.history(0)[0].deliveries
+        assert (done.state, done.attempts) == ("delivered", 1)
+
+    with Outbox.for_state_dir(tmp_path) as reopened:  # a second open finds nothing left to upgrade
+        (delivery,) = reopened.due(NOW + 31, 10)
+        assert (delivery.alert.id, delivery.attempts, delivery.failures) == ("alert-1", 4, 3)
+    with sqlite3.connect(tmp_path / FILENAME) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ Each attempt is bounded by ``asyncio.timeout``. Its outcome decides the delivery
 - the channel returned: marked delivered (only now; a kill before this line means a re-send);
 - ``TemporaryDeliveryError``: retried after exactly ``retry_after`` seconds when the peer gave one
   (HTTP 429 ``Retry-After``, Telegram's ``retry_after``), else after a capped, jittered exponential
-  backoff;
+  backoff. The backoff grows with the delivery's ``failures``, which the waits the peer named do not
+  count: a burst of 429s followed by a 5xx waits the base backoff, not a minute;
 - ``PermanentDeliveryError`` (a 400, a wrong token): dead-lettered at once;
 - a timeout or any other exception: logged and retried like a temporary error; the loop never dies;
 - an alert older than ``max_age_s`` is dead-lettered instead of sent: a margin warning an hour
@@ -381,8 +382,10 @@ class Dispatcher:
     def _retry(self, name: str, delivery: Delivery, error: str, retry_after: float | None) -> Outcome:
         # The peer's own figure wins over our guess: sending earlier earns another 429 and, on
         # Telegram, a longer ban.
-        delay = max(retry_after, 0.0) if retry_after is not None else self.backoff(delivery.attempt)
-        if self.outbox.failed(delivery, error, self._clock() + delay):
+        delay = max(retry_after, 0.0) if retry_after is not None else self.backoff(delivery.failures + 1)
+        # A wait the peer named is not ours to grow: such an attempt leaves ``failures`` as it is.
+        rate_limited = retry_after is not None
+        if self.outbox.failed(delivery, error, self._clock() + delay, rate_limited=rate_limited):
             self._counters[name].failed += 1
         log.warning(
             "alert.delivery_failed",
@@ -394,14 +397,14 @@ class Dispatcher:
         )
         return Outcome(name, delivery.alert.id, delivery.attempt, "retry", error, retry_in_s=delay)
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based), when the peer named none.
+    def backoff(self, failure: int) -> float:
+        """Seconds to wait after a delivery's ``failure``-th failure (1-based) that named no wait.
 
-        ``base * 2**(attempt-1)`` capped at ``backoff_cap_s``, then jittered into its upper half
+        ``base * 2**(failure-1)`` capped at ``backoff_cap_s``, then jittered into its upper half
         ([ceiling/2, ceiling)), so channels that failed together do not retry in lockstep yet
         never retry sooner than half the schedule.
         """
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** min(failure - 1, _MAX_EXPONENT))
         return ceiling * (0.5 + 0.5 * self._rng())
 
     def counters(self) -> dict[str, ChannelCounters]:

@@ -6,18 +6,23 @@ point (SIGKILL, OOM, a crash) therefore loses nothing: on restart the pending ro
 and go out again. Delivery is at-least-once; the alert id travels with every payload so receivers
 drop the duplicates a kill between "sent" and "marked" can cause.
 
-Schema (``PRAGMA user_version`` = 1)::
+Schema (``PRAGMA user_version`` = 2)::
 
     alerts(id TEXT PK, account, kind, level, created_at REAL, body TEXT)     -- body: Alert.to_dict JSON
-    deliveries(seq INTEGER PK, alert_id -> alerts, channel, state, attempts,
+    deliveries(seq INTEGER PK, alert_id -> alerts, channel, state, attempts, failures,
                next_attempt_at REAL, last_error, finished_at REAL, UNIQUE(alert_id, channel))
     dead_letters(seq INTEGER PK, delivery_seq -> deliveries, alert_id, channel, attempts, reason, dead_at)
 
-``state`` is ``pending``, ``delivered`` or ``dead``. ``seq`` is insertion order: per channel,
-deliveries go out by ascending ``seq``, and a pending delivery waiting for its retry holds back the
-younger ones of the same channel (a "recovered" notice must never overtake the alert it ends, and a
-channel's rate limit applies to its whole queue). Partial indexes cover only the pending rows, so
-the queries the dispatcher runs stay cheap however much history is kept.
+``state`` is ``pending``, ``delivered`` or ``dead``. ``attempts`` counts every attempt (users see
+it); ``failures`` only the failed ones whose wait was ours to choose, not the peer's (a 429's
+``retry_after``): it drives the exponential backoff, which a burst of rate limiting must not grow.
+Version 1 had no ``failures``; opening such a file adds it in place.
+
+``seq`` is insertion order: per channel, deliveries go out by ascending ``seq``, and a pending
+delivery waiting for its retry holds back the younger ones of the same channel (a "recovered"
+notice must never overtake the alert it ends, and a channel's rate limit applies to its whole
+queue). Partial indexes cover only the pending rows, so the queries the dispatcher runs stay cheap
+however much history is kept.
 
 Durability settings: WAL journal with ``synchronous=NORMAL``. In WAL mode a commit is complete once
 it is written to the WAL file, which the OS holds even if the process is killed the next
@@ -58,7 +63,7 @@ if TYPE_CHECKING:
 FILENAME = "outbox.sqlite3"
 
 #: The schema version written to ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Finished alerts are kept this long for ``margin-monitor alerts --since``, then pruned.
 DEFAULT_RETENTION_S = 30 * 86_400.0
@@ -94,6 +99,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     channel TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
     attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL,
     last_error TEXT,
     finished_at REAL,
@@ -115,7 +121,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 # Per channel, oldest first, stopping at the first pending delivery that is not due yet: the
 # NOT EXISTS keeps a younger delivery behind an older one of its channel that waits for a retry.
 _DUE = """
-SELECT d.seq, d.channel, d.attempts, d.next_attempt_at, d.last_error, a.id, a.body
+SELECT d.seq, d.channel, d.attempts, d.next_attempt_at, d.last_error, d.failures, a.id, a.body
 FROM deliveries AS d JOIN alerts AS a ON a.id = d.alert_id
 WHERE d.state = 'pending' AND d.next_attempt_at <= :now {channel}
   AND NOT EXISTS (
@@ -140,7 +146,8 @@ class Delivery:
     """One alert on its way to one channel, as read by ``Outbox.due``.
 
     ``seq`` identifies the row and orders deliveries (insertion order); ``attempts`` counts the
-    attempts already made, so the one about to be made is ``attempt``.
+    attempts already made, so the one about to be made is ``attempt``; ``failures`` counts those of
+    them that failed without the peer naming a wait (the backoff's exponent).
     """
 
     seq: int
@@ -149,6 +156,7 @@ class Delivery:
     attempts: int
     next_attempt_at: float
     last_error: str | None = None
+    failures: int = 0
 
     @property
     def attempt(self) -> int:
@@ -235,7 +243,21 @@ class Outbox:
                 f"{SCHEMA_VERSION}; run the newer version or move the file aside"
             )
         # executescript commits on its own; the statements are idempotent (IF NOT EXISTS).
-        self._db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+        self._db.executescript(_SCHEMA)
+        if version < SCHEMA_VERSION:
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a version 1 file (or a new one) to ``SCHEMA_VERSION``, in one transaction."""
+        with self._transaction():
+            # Read inside the transaction: another process may have upgraded the file meanwhile.
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}
+            if "failures" not in columns:
+                self._db.execute("ALTER TABLE deliveries ADD COLUMN failures INTEGER NOT NULL DEFAULT 0")
+                # Version 1 counted rate-limited attempts as failures too. Taking its count as is
+                # means an upgraded delivery never retries sooner than it would have before.
+                self._db.execute("UPDATE deliveries SET failures = attempts WHERE state = 'pending'")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -291,13 +313,19 @@ class Outbox:
                 marked.append(cursor.rowcount == 1)
         return marked
 
-    def failed(self, delivery: Delivery, error: str, next_attempt_at: float) -> bool:
-        """Record a failed attempt and when to try again; False if it was no longer pending."""
+    def failed(
+        self, delivery: Delivery, error: str, next_attempt_at: float, *, rate_limited: bool = False
+    ) -> bool:
+        """Record a failed attempt and when to try again; False if it was no longer pending.
+
+        ``rate_limited``: the peer named the wait (a 429's ``retry_after``), so the attempt counts
+        in ``attempts`` but not in ``failures``.
+        """
         with self._transaction():
             cursor = self._db.execute(
-                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
-                "WHERE seq = ? AND state = 'pending'",
-                (error[:MAX_ERROR_CHARS], next_attempt_at, delivery.seq),
+                "UPDATE deliveries SET attempts = attempts + 1, failures = failures + ?, last_error = ?, "
+                "next_attempt_at = ? WHERE seq = ? AND state = 'pending'",
+                (int(not rate_limited), error[:MAX_ERROR_CHARS], next_attempt_at, delivery.seq),
             )
         return cursor.rowcount == 1
 
@@ -351,11 +379,13 @@ class Outbox:
         rows = self._db.execute(sql, {"now": now, "limit": limit, "channel": channel}).fetchall()
         alerts: dict[str, Alert] = {}
         deliveries: list[Delivery] = []
-        for seq, channel_name, attempts, next_attempt_at, last_error, alert_id, body in rows:
+        for seq, channel_name, attempts, next_attempt_at, last_error, failures, alert_id, body in rows:
             alert = alerts.get(alert_id)
             if alert is None:
                 alert = alerts[alert_id] = Alert.from_dict(json.loads(body))
-            deliveries.append(Delivery(seq, alert, channel_name, attempts, next_attempt_at, last_error))
+            deliveries.append(
+                Delivery(seq, alert, channel_name, attempts, next_attempt_at, last_error, failures)
+            )
         return deliveries
 
     def next_attempt_at(self, channel: str) -> float | None:
