@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import textwrap
 import time
@@ -15,7 +16,14 @@ import aiomqtt
 import pytest
 from monitor.alerts.model import Alert, AlertKind, PositionAtRisk, SuggestedAction
 from monitor.errors import ConfigError, TemporaryDeliveryError
-from monitor.notify.mqtt import MqttChannel, MqttSettings, account_slug, discovery_configs, is_at_risk
+from monitor.notify.mqtt import (
+    MqttChannel,
+    MqttSettings,
+    account_slug,
+    discovery_configs,
+    encode_json,
+    is_at_risk,
+)
 from structlog.testing import capture_logs
 
 if TYPE_CHECKING:
@@ -405,6 +413,13 @@ async def test_discovery_gives_each_account_a_device_with_three_entities(mosquit
     assert "critical" in level["options"]
     at_risk = configs[f"homeassistant/binary_sensor/{PREFIX}_main/at_risk/config"]
     assert at_risk["device_class"] == "problem"
+
+
+def test_payloads_are_strict_json() -> None:
+    """A figure JSON cannot hold (NaN, infinity) becomes null; other payloads are encoded as they are."""
+    assert json.loads(encode_json({"a": 1.5, "b": [2.0, {"c": None}]})) == {"a": 1.5, "b": [2.0, {"c": None}]}
+    odd: dict[Any, Any] = {"ratio": math.nan, "nested": [{"price": math.inf}], 7: -math.inf}
+    assert json.loads(encode_json(odd)) == {"ratio": None, "nested": [{"price": None}], "7": None}
 
 
 def test_discovery_can_be_turned_off_and_uses_the_prefix() -> None:

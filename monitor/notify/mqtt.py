@@ -260,8 +260,14 @@ def _json_safe(value: Any) -> Any:  # noqa: ANN401 - JSON documents are untyped 
     return value
 
 
-def _encode(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(_json_safe(dict(document)), separators=(",", ":"), default=str).encode()
+def encode_json(document: Mapping[str, Any]) -> bytes:
+    """``document`` as compact, strict JSON (non-finite figures as ``null``)."""
+    try:
+        # Nearly every document is finite: encode it as it is, and walk it only when it is not.
+        text = json.dumps(document, separators=(",", ":"), default=str, allow_nan=False)
+    except (ValueError, TypeError):  # NaN or infinity; a key JSON has no form for
+        text = json.dumps(_json_safe(dict(document)), separators=(",", ":"), default=str)
+    return text.encode()
 
 
 def _iso(timestamp: float) -> str:
@@ -357,7 +363,7 @@ class MqttChannel:
         self._remember(alert.account, alert.exchange)
         topic = f"{self._prefix}/{account_slug(alert.account)}/alert"
         try:
-            await self._publish_acked(topic, _encode(alert.to_dict()), retain=False)
+            await self._publish_acked(topic, encode_json(alert.to_dict()), retain=False)
         except _SessionLostError as exc:
             raise TemporaryDeliveryError(
                 f"mqtt {self._where}: connection lost before the broker acknowledged alert {alert.id}",
@@ -418,7 +424,7 @@ class MqttChannel:
             "at_risk": is_at_risk(level),
         }
         document.setdefault("updated_at", _iso(self._clock()))
-        self._pending[slug] = _encode(document)
+        self._pending[slug] = encode_json(document)
         self._wake.set()
 
     def _unchanged(self, slug: str, level: str, ratio: object, now: float) -> bool:
@@ -625,6 +631,6 @@ class MqttChannel:
             if slug in self._discovered:
                 continue
             for topic, config in discovery_configs(self.settings, account, exchange):
-                await self._publish_acked(topic, _encode(config), retain=True)
+                await self._publish_acked(topic, encode_json(config), retain=True)
             self._discovered.add(slug)
             log.info("mqtt.discovery_published", channel=self.name, account=account)
