@@ -207,14 +207,10 @@ def _solve_group(
     if not legs:
         return (None,) * len(ratios)
     solve = _solve_one if len(legs) == 1 else _solve_many
-    out: list[float | None] = []
-    for k in ratios:
-        u = solve(legs, base, other_mm, k, margin_balance - k * maintenance_margin)
-        if u is None:
-            out.append(None)
-        else:
-            out.append(1.0 / u if inverse else u)
-    return tuple(out)
+    solved = [solve(legs, base, other_mm, k, margin_balance - k * maintenance_margin) for k in ratios]
+    if inverse:
+        return tuple(None if u is None else 1.0 / u for u in solved)
+    return tuple(solved)
 
 
 def _solve_one(legs: list[_Leg], base: float, other_mm: float, k: float, excess: float) -> float | None:
