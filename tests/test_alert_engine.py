@@ -17,6 +17,7 @@ from monitor.alerts.engine import (
     Observation,
     observe,
     observe_blind,
+    observe_key,
     observe_margin_call,
 )
 from monitor.alerts.model import Alert, AlertKind
@@ -204,6 +205,42 @@ def test_margin_call_notifies_at_most_every_five_minutes() -> None:
     """The exchange's margin call is passed on, then rate-limited to the repeat interval."""
     timeline: list[Step] = [(0, "margin_call"), (60, "margin_call"), (300, "margin_call")]
     assert Run().feed(timeline) == [(0, "margin_call", "margin_call"), (300, "margin_call", "margin_call")]
+
+
+UNSAFE = "the API key can withdraw (enableWithdrawals)"
+
+
+def test_an_unsafe_key_fires_once_per_episode_and_its_end_once() -> None:
+    """Unsafe at every re-check: one ``key_unsafe``; fit again: one ``key_safe``, to where it went."""
+    state: KeyState | None = None
+    notified: list[tuple[float, str, str, str | None]] = []
+    for at, unsafe in [
+        (0, None),
+        (6 * HOUR, UNSAFE),
+        (12 * HOUR, UNSAFE),
+        (18 * HOUR, None),
+        (24 * HOUR, None),
+    ]:
+        state, alerts = observe_key(state, reading(None), unsafe, at)
+        notified.extend((at, alert.kind.value, alert.level, alert.previous_level) for alert in alerts)
+    assert notified == [
+        (6 * HOUR, "key_unsafe", "key_unsafe", None),
+        (18 * HOUR, "key_safe", "ok", "key_unsafe"),
+    ]
+    _, [alert] = observe_key(None, reading(None), UNSAFE, 0)
+    assert alert.summary.startswith(f"acct: {UNSAFE}. Monitoring goes on")
+
+
+def test_a_mute_holds_an_unsafe_key_back_until_it_ends() -> None:
+    """Muted: nothing; the first re-check after the mute still finding the key unsafe notifies."""
+    state, alerts = observe_key(None, reading(None), UNSAFE, 0, muted_until=HOUR)
+    assert alerts == []
+    state, alerts = observe_key(state, reading(None), UNSAFE, 2 * HOUR, muted_until=HOUR)
+    assert [alert.kind for alert in alerts] == [AlertKind.KEY_UNSAFE]
+    restored = KeyState.from_dict(state.to_dict())
+    assert restored.key_unsafe
+    _, alerts = observe_key(restored, reading(None), None, 3 * HOUR)
+    assert [alert.kind for alert in alerts] == [AlertKind.KEY_SAFE]
 
 
 def test_transition_table_is_total() -> None:

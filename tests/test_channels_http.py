@@ -12,16 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
+from monitor.alerts.engine import Observation, observe_key
 from monitor.alerts.model import Alert, AlertKind, PositionAtRisk, SuggestedAction
 from monitor.errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from monitor.notify import ntfy as ntfy_module
+from monitor.notify import pushover as pushover_module
+from monitor.notify.base import wants
 from monitor.notify.dispatcher import Dispatcher
 from monitor.notify.format import price, render
 from monitor.notify.http import parse_retry_after
+from monitor.notify.log import LogChannel
 from monitor.notify.ntfy import NtfyChannel, NtfySettings
 from monitor.notify.outbox import Outbox
 from monitor.notify.pushover import PushoverChannel, PushoverSettings
 from monitor.notify.telegram import TelegramChannel, TelegramSettings
-from monitor.notify.webhook import ZERO_TIME, WebhookChannel, WebhookSettings
+from monitor.notify.webhook import ZERO_TIME, WebhookChannel, WebhookSettings, alertmanager_payload
 from structlog.testing import capture_logs
 
 from fakes import FakeNtfy, FakePushover, FakeServer, FakeTelegram, FakeWebhook, parse_html
@@ -70,6 +75,15 @@ def make_alert(**changes: Any) -> Alert:  # noqa: ANN401 - any Alert field
         summary="Ratio <130% & falling",
     )
     return replace(alert, **changes)
+
+
+def key_alerts() -> tuple[Alert, Alert]:
+    """The engine's ``key_unsafe`` alert for account ``main`` and the ``key_safe`` that ends it."""
+    reading = Observation(key="main", account="main", exchange="binanceusdm", margin_ratio=None)
+    unsafe = "the API key can withdraw (enableWithdrawals)"
+    state, [fired] = observe_key(None, reading, unsafe, 1_764_432_000.0)
+    _, [ended] = observe_key(state, reading, None, 1_764_435_600.0)
+    return fired, ended
 
 
 # --- fakes and channels ---------------------------------------------------------------------------
@@ -189,6 +203,18 @@ async def test_each_channel_delivers_with_the_alert_id(peer: Peer) -> None:
     received = peer.fake.requests(peer.route)
     assert len(received) == 1
     assert alert.id in received[0].body.decode()
+
+
+@pytest.mark.asyncio
+async def test_each_channel_sends_a_key_alert_and_its_end(peer: Peer) -> None:
+    """``key_unsafe`` names the exchange's flag; ``key_safe`` follows it; each carries its id."""
+    fired, ended = key_alerts()
+    await peer.channel.send(fired)
+    await peer.channel.send(ended)
+    first, second = (request.body.decode() for request in peer.fake.requests(peer.route))
+    assert fired.id in first
+    assert "enableWithdrawals" in first
+    assert ended.id in second
 
 
 @pytest.mark.parametrize(
@@ -727,3 +753,25 @@ def test_the_title_says_what_happened() -> None:
     recovered = make_alert(kind=AlertKind.RECOVERED, level="ok", margin_ratio_pct=160.0)
     assert render(recovered).title == "✅ main recovered to ok: margin ratio 160.0%"
     assert render(make_alert(kind=AlertKind.BLIND, level="blind")).title == "🙈 BLIND: main: no fresh data"
+
+
+def test_key_alerts_in_each_channel_s_terms() -> None:
+    """Loud and critical when a key turns unsafe; quiet, routed where it went, and resolving when it ends."""
+    fired, ended = key_alerts()
+    assert render(fired).title == "🔓 API KEY UNSAFE: main"
+    assert render(ended).title == "✅ main: API key fit again"
+    assert (ntfy_module.priority(fired), ntfy_module.tags(fired)[0]) == (5, "unlock")
+    assert (ntfy_module.priority(ended), ntfy_module.tags(ended)[0]) == (2, "lock")
+    assert (pushover_module.priority(fired), pushover_module.priority(ended)) == (1, 0)
+    firing, resolved = (alertmanager_payload(alert, receiver="am")["alerts"][0] for alert in (fired, ended))
+    assert (firing["status"], firing["labels"]["alertname"], firing["labels"]["severity"]) == (
+        "firing",
+        "ApiKeyUnsafe",
+        "critical",
+    )
+    assert resolved["status"] == "resolved"
+    assert resolved["fingerprint"] == firing["fingerprint"]
+    critical_only = LogChannel(name="pager", min_level="critical")
+    assert wants(critical_only, fired)
+    assert wants(critical_only, ended)
+    assert not wants(LogChannel(name="other", accounts=frozenset({"other"})), fired)

@@ -17,6 +17,9 @@ Semantics (Prometheus Alertmanager's, where they fit):
   observation after it reports the true level (``restored``), whatever that level is.
 - A muted account's alerts are suppressed; its state still moves, so when the mute ends a level
   that still holds is notified at its next observation.
+- An account's API key found unsafe by a periodic re-check fires ``key_unsafe`` once and does not
+  repeat; the first re-check that finds it fit again sends ``key_safe``. A mute holds the
+  ``key_unsafe`` back until the first re-check after it ends.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from monitor.alerts.model import LEVEL_ORDER, Alert, AlertKind, PositionAtRisk, SuggestedAction, severity
+from monitor.alerts.model import (
+    KEY_UNSAFE_LEVEL,
+    LEVEL_ORDER,
+    Alert,
+    AlertKind,
+    PositionAtRisk,
+    SuggestedAction,
+    severity,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -151,6 +162,8 @@ class KeyState:
     history: tuple[tuple[float, float], ...] = ()
     last_fast_fall_at: float | None = None
     last_margin_call_at: float | None = None
+    #: A ``key_unsafe`` alert went out and no ``key_safe`` since (kept only on the account's own key).
+    key_unsafe: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -167,6 +180,7 @@ class KeyState:
             "history": [list(item) for item in self.history],
             "last_fast_fall_at": self.last_fast_fall_at,
             "last_margin_call_at": self.last_margin_call_at,
+            "key_unsafe": self.key_unsafe,
         }
 
     @classmethod
@@ -293,6 +307,38 @@ def observe_margin_call(
     return new_state, [_alert(AlertKind.MARGIN_CALL, observation, "margin_call", state.level, now, policy)]
 
 
+def observe_key(
+    state: KeyState | None,
+    observation: Observation,
+    unsafe: str | None,
+    now: float,
+    *,
+    muted_until: float | None = None,
+) -> tuple[KeyState, list[Alert]]:
+    """A re-check of the account's API key: ``unsafe`` says why it may do more than read (``None``: fit).
+
+    ``key_unsafe`` once per episode, ``key_safe`` when it ends; nothing while the key stays as it was.
+    """
+    if state is None:
+        state = initial_state(observation.key, observation.account, observation.exchange)
+    muted = muted_until is not None and now < muted_until
+    if unsafe is not None:
+        if state.key_unsafe or muted:
+            return state, []
+        summary = (
+            f"{observation.account}: {unsafe}. Monitoring goes on; the daemon will not start with this key"
+        )
+        alert = _key_alert(AlertKind.KEY_UNSAFE, observation, KEY_UNSAFE_LEVEL, None, now, summary)
+        return replace(state, key_unsafe=True), [alert]
+    if not state.key_unsafe:
+        return state, []
+    new_state = replace(state, key_unsafe=False)
+    if muted:
+        return new_state, []
+    summary = f"{observation.account}: the API key is fit for a monitor again"
+    return new_state, [_key_alert(AlertKind.KEY_SAFE, observation, "ok", KEY_UNSAFE_LEVEL, now, summary)]
+
+
 # --- helpers ---------------------------------------------------------------------------------------
 
 
@@ -374,6 +420,23 @@ def _alert(
         maintenance_margin=observation.maintenance_margin,
         positions=positions,
         action=action,
+        summary=summary,
+    )
+
+
+def _key_alert(
+    kind: AlertKind, observation: Observation, level: str, previous: str | None, now: float, summary: str
+) -> Alert:
+    # Not ``_alert``: a key's alert is about no ratio, threshold or position.
+    return Alert(
+        id=alert_id(observation.key, kind, level, now),
+        kind=kind,
+        account=observation.account,
+        exchange=observation.exchange,
+        key=observation.key,
+        level=level,
+        created_at=now,
+        previous_level=previous,
         summary=summary,
     )
 

@@ -21,6 +21,8 @@ class AlertKind(StrEnum):
     BLIND = "blind"  # no fresh data: monitoring is blind
     MARGIN_CALL = "margin_call"  # the exchange's own warning
     RESTORED = "restored"  # fresh data after blind: the true level, never called a recovery
+    KEY_UNSAFE = "key_unsafe"  # a periodic re-check found the account's API key may do more than read
+    KEY_SAFE = "key_safe"  # the key reported unsafe is fit for a monitor again
     TEST = "test"  # margin-monitor test-alert
 
 
@@ -30,9 +32,12 @@ LEVEL_ORDER = ("ok", "warning", "danger", "critical", "liquidation")
 #: Levels that are not about the ratio; ordered apart from it.
 SPECIAL_LEVELS = ("blind", "margin_call")
 
+#: The level of a ``key_unsafe`` alert: about the key, never an account's state (so not one of the above).
+KEY_UNSAFE_LEVEL = "key_unsafe"
+
 
 def severity(level: str) -> int:
-    """A number that grows with how urgent ``level`` is; blind ranks with critical, margin_call too."""
+    """A number that grows with how urgent ``level`` is; blind, margin_call, key_unsafe rank with critical."""
     if level in LEVEL_ORDER:
         return LEVEL_ORDER.index(level)
     return LEVEL_ORDER.index("critical")

@@ -42,8 +42,8 @@ class Channel(Protocol):
 def wants(channel: Channel, alert: Alert) -> bool:
     """Whether ``channel`` takes ``alert``: its account filter and minimum level.
 
-    A recovery (or restored-data) notice goes wherever the alert it ends went, so it is judged by
-    the level it left; test alerts go everywhere.
+    A recovery (or restored-data, or key-fit-again) notice goes wherever the alert it ends went, so
+    it is judged by the level it left; test alerts go everywhere.
     """
     from monitor.alerts.model import AlertKind, severity  # noqa: PLC0415 - keep this module import-light
 
@@ -51,7 +51,7 @@ def wants(channel: Channel, alert: Alert) -> bool:
         return False
     if alert.kind is AlertKind.TEST:
         return True
-    ending = alert.kind in (AlertKind.RECOVERED, AlertKind.RESTORED)
+    ending = alert.kind in (AlertKind.RECOVERED, AlertKind.RESTORED, AlertKind.KEY_SAFE)
     level = alert.previous_level if ending and alert.previous_level else alert.level
     return severity(level) >= severity(channel.min_level)
 

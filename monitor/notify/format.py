@@ -25,6 +25,7 @@ _LEVEL_MARK = {
     "liquidation": "💀",
     "blind": "🙈",
     "margin_call": "🚨",
+    "key_unsafe": "🔓",
 }
 
 
@@ -92,6 +93,10 @@ def headline(alert: Alert) -> str:
             text = f"BLIND: {where}: no fresh data"
         case AlertKind.MARGIN_CALL:
             text = f"MARGIN CALL from {alert.exchange}: {where}{ratio}"
+        case AlertKind.KEY_UNSAFE:
+            text = f"API KEY UNSAFE: {where}"
+        case AlertKind.KEY_SAFE:
+            text = f"{where}: API key fit again"
         case AlertKind.TEST:
             text = f"Test alert from margin-monitor: {where}"
         case _:

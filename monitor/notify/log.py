@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("margin_monitor.alerts")
 
 #: Kinds that report trouble arriving; at ``WARNING_FROM`` or worse their line is a warning.
-URGENT_KINDS = frozenset({AlertKind.FIRING, AlertKind.FAST_FALL, AlertKind.BLIND, AlertKind.MARGIN_CALL})
+URGENT_KINDS = frozenset(
+    {AlertKind.FIRING, AlertKind.FAST_FALL, AlertKind.BLIND, AlertKind.MARGIN_CALL, AlertKind.KEY_UNSAFE}
+)
 WARNING_FROM = "danger"
 
 
@@ -31,7 +33,7 @@ class LogChannel:
     ``account``, ``exchange``, ``key`` (when it is a position rather than the account), ``level``,
     ``previous_level``, the figures, ``summary``, ``positions`` (a list of dicts) and ``action``
     (a dict). Fields without a value are left out. ``log_level`` is ``warning`` for a firing,
-    fast-fall, blind or margin-call alert at ``danger`` or worse, ``info`` otherwise.
+    fast-fall, blind, margin-call or key-unsafe alert at ``danger`` or worse, ``info`` otherwise.
     """
 
     type = "log"

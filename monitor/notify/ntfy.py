@@ -27,6 +27,7 @@ PRIORITY_BY_LEVEL = {
     "liquidation": 5,
     "blind": 5,
     "margin_call": 5,
+    "key_unsafe": 5,
 }
 
 #: ntfy tags (emoji short codes) for each level.
@@ -38,11 +39,13 @@ TAGS_BY_LEVEL = {
     "liquidation": "skull",
     "blind": "see_no_evil",
     "margin_call": "rotating_light",
+    "key_unsafe": "unlock",
 }
 
 #: Extra tags for the kinds of alert that are not a level change.
 TAGS_BY_KIND = {
     AlertKind.RECOVERED: "white_check_mark",
+    AlertKind.KEY_SAFE: "lock",
     AlertKind.FAST_FALL: "chart_with_downwards_trend",
     AlertKind.REPEAT: "repeat",
     AlertKind.TEST: "test_tube",
@@ -72,8 +75,8 @@ class NtfySettings:
 
 
 def priority(alert: Alert) -> int:
-    """The ntfy priority of ``alert``: recoveries 2, tests 3, otherwise by level."""
-    if alert.kind is AlertKind.RECOVERED:
+    """The ntfy priority of ``alert``: recoveries and key-fit-again notices 2, tests 3, otherwise by level."""
+    if alert.kind in {AlertKind.RECOVERED, AlertKind.KEY_SAFE}:
         return 2
     if alert.kind is AlertKind.TEST:
         return 3

@@ -29,6 +29,7 @@ PRIORITY_BY_LEVEL = {
     "liquidation": 2,
     "blind": 1,
     "margin_call": 2,
+    "key_unsafe": 1,
 }
 
 EMERGENCY = 2
@@ -77,8 +78,8 @@ class PushoverSettings:
 
 
 def priority(alert: Alert) -> int:
-    """The Pushover priority of ``alert``: recoveries and tests 0, otherwise by level."""
-    if alert.kind in {AlertKind.RECOVERED, AlertKind.TEST}:
+    """The Pushover priority of ``alert``: recoveries, keys fit again and tests 0, otherwise by level."""
+    if alert.kind in {AlertKind.RECOVERED, AlertKind.KEY_SAFE, AlertKind.TEST}:
         return 0
     return PRIORITY_BY_LEVEL.get(alert.level, 0)
 

@@ -144,7 +144,7 @@ class TelegramChannel:
         text = render(alert).html()
         if len(text) > MAX_TEXT:  # pragma: no cover - MAX_POSITIONS keeps alerts far below it
             text = escape(render(alert).plain()[:MAX_TEXT])  # the limit counts characters after parsing
-        silent = alert.kind is AlertKind.RECOVERED
+        silent = alert.kind in {AlertKind.RECOVERED, AlertKind.KEY_SAFE}
         done = self._progress.setdefault(alert.id, {})
         self._progress.move_to_end(alert.id)
         while len(self._progress) > _PROGRESS_KEPT:

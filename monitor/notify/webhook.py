@@ -7,7 +7,8 @@ drop the duplicates at-least-once delivery allows.
 Semantics, as Alertmanager users know them: the ``fingerprint`` is derived from the alert name and
 key (the account, or the isolated position), so every notice about one key updates one alert on
 the receiver's side; a recovery to ``ok`` is ``resolved`` (with ``endsAt``), a recovery to a milder
-level that still holds is ``firing`` at that level (the account is still at risk).
+level that still holds is ``firing`` at that level (the account is still at risk). An API key found
+unsafe fires ``ApiKeyUnsafe``; the notice that it is fit again resolves it.
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ SEVERITY_BY_LEVEL = {
     "liquidation": "critical",
     "blind": "critical",
     "margin_call": "critical",
+    "key_unsafe": "critical",
 }
 
 ALERTNAME_BY_KIND = {
     AlertKind.FAST_FALL: "MarginRatioFastFall",
     AlertKind.BLIND: "MonitoringBlind",
     AlertKind.MARGIN_CALL: "MarginCall",
+    AlertKind.KEY_UNSAFE: "ApiKeyUnsafe",
+    AlertKind.KEY_SAFE: "ApiKeyUnsafe",
     AlertKind.TEST: "MarginMonitorTest",
 }
 
@@ -93,7 +97,7 @@ def alertmanager_payload(
     alert: Alert, *, receiver: str, external_url: str = "", generator_url: str = ""
 ) -> dict[str, Any]:
     """The Alertmanager webhook (version 4) document for ``alert`` alone."""
-    resolved = alert.kind is AlertKind.RECOVERED and alert.level == "ok"
+    resolved = (alert.kind is AlertKind.RECOVERED and alert.level == "ok") or alert.kind is AlertKind.KEY_SAFE
     status = "resolved" if resolved else "firing"
     labels = {
         "alertname": alertname(alert),

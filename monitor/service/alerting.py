@@ -25,6 +25,7 @@ from monitor.alerts.engine import (
     Observation,
     observe,
     observe_blind,
+    observe_key,
     observe_margin_call,
 )
 from monitor.alerts.observe import observations
@@ -238,6 +239,17 @@ class Alerting:
         await self.submit(raised)
         return raised
 
+    async def key_checked(self, account: str, exchange: str, unsafe: str | None) -> list[Alert]:
+        """A periodic re-check of ``account``'s API key: ``unsafe`` says why it may do more than read."""
+        observation = Observation(key=account, account=account, exchange=exchange, margin_ratio=None)
+        now = self._clock()
+        result = observe_key(
+            self.states.get(account), observation, unsafe, now, muted_until=self.mutes.until(account)
+        )
+        raised = self._apply(account, result)
+        await self.submit(raised)
+        return raised
+
     def _apply(self, key: str, result: tuple[KeyState, list[Alert]]) -> list[Alert]:
         state, alerts = result
         previous = self.states.get(key)
@@ -303,6 +315,7 @@ def _durable(state: KeyState) -> tuple[object, ...]:
         state.last_notified_at,
         state.last_fast_fall_at,
         state.last_margin_call_at,
+        state.key_unsafe,
     )
 
 
