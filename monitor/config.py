@@ -51,6 +51,7 @@ DEFAULT_THRESHOLDS_PCT = (150.0, 130.0, 120.0)
 DEFAULT_STALE_AFTER_POLLS = 3
 DEFAULT_TIER_REFRESH_H = 6.0
 DEFAULT_MARKET_REFRESH_H = 24.0
+DEFAULT_KEY_RECHECK_H = 6.0
 #: A week: tiers and markets older than that are no longer the exchange's.
 MAX_REFRESH_H = 168.0
 #: Metrics, /healthz and the status page: loopback only unless the operator says otherwise.
@@ -106,7 +107,15 @@ _ALERTS_KEYS = (
     "target_ratio_pct",
     "max_alert_age_s",
 )
-_DAEMON_KEYS = ("state_dir", "log_format", "tier_refresh_h", "market_refresh_h", "reconcile_s", "http_listen")
+_DAEMON_KEYS = (
+    "state_dir",
+    "log_format",
+    "tier_refresh_h",
+    "market_refresh_h",
+    "reconcile_s",
+    "http_listen",
+    "key_recheck_h",
+)
 _TOP_KEYS = ("accounts", "alerts", "daemon", "channels")
 
 LEVELS = ("ok", "warning", "danger", "critical", "liquidation")
@@ -239,6 +248,8 @@ class DaemonConfig:
     reconcile_s: float = 60.0
     #: ``host:port`` of the metrics, health and status page server; ``""`` turns it off.
     http_listen: str = DEFAULT_HTTP_LISTEN
+    #: Hours between re-checks of each API key's permissions while the daemon runs; 0 turns them off.
+    key_recheck_h: float = DEFAULT_KEY_RECHECK_H
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -837,6 +848,9 @@ class _Parser:
             ),
             reconcile_s=read.number("reconcile_s", default=60.0, above=0.0, at_most=3600.0),
             http_listen=self.http_listen(read),
+            key_recheck_h=read.number(
+                "key_recheck_h", default=DEFAULT_KEY_RECHECK_H, at_least=0.0, at_most=MAX_REFRESH_H
+            ),
         )
 
     def http_listen(self, read: _Reader) -> str:

@@ -1,13 +1,14 @@
 """The key permission check: what each exchange says a key may do, and what the daemon makes of it.
 
 The parsers are held against payloads shaped as the exchanges document them; the check itself runs
-real ccxt against the simulator, whose accounts carry configurable permissions, and the command line
-is run as a process against a simulator in a thread.
+real ccxt against the simulator, whose accounts carry configurable permissions (changed mid-run for
+the periodic re-check), and the command line is run as a process against a simulator in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -27,7 +28,8 @@ from monitor.exchanges.permissions import (
     bybit_permissions,
     okx_permissions,
 )
-from monitor.service.app import build_sources
+from monitor.notify.outbox import Outbox
+from monitor.service.app import Runtime, build_sources, run_daemon
 from monitor.service.keys import KeyGuard
 from monitor.sim import (
     BYBIT_DEMO_API_KEY,
@@ -47,7 +49,7 @@ from structlog.testing import capture_logs
 from simthread import ThreadedSim
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, MutableMapping
 
 READ_ONLY = ApiPermissions()
 FUTURES = ApiPermissions(enable_futures=True)
@@ -452,6 +454,153 @@ async def test_a_rejected_key_is_unverified_without_retrying(sim: SimServer) -> 
     assert sim.faults.count("/sapi/v1/account/apiRestrictions") == 1
 
 
+# --- the periodic re-check while the daemon runs -------------------------------------------------
+
+
+async def until(predicate: Callable[[], object]) -> None:
+    """Wait (10 s at most) until ``predicate`` holds."""
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110 - captured logs and the simulator's counters, not events
+            await asyncio.sleep(0.02)
+
+
+def lines(
+    logs: list[MutableMapping[str, Any]], event: str, kind: str | None = None
+) -> list[MutableMapping[str, Any]]:
+    """The captured lines of ``event`` (the log channel's ``alert`` lines of ``kind``, if given)."""
+    return [line for line in logs if line["event"] == event and kind in (None, line.get("kind"))]
+
+
+def recheck_config(sim: SimServer, state_dir: Path, key_recheck_h: float) -> Config:
+    """One Binance account on ``sim`` polled every 0.2 s, its key re-checked every ``key_recheck_h``."""
+    account = replace(account_for("binanceusdm", sim), mode="poll", poll_interval_s=0.2)
+    daemon = DaemonConfig(state_dir=state_dir, http_listen="", key_recheck_h=key_recheck_h)
+    return replace(config_of(account), daemon=daemon)
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, runtime: Runtime | None = None) -> AsyncIterator[asyncio.Task[None]]:
+    """The daemon running ``config`` in a task until the block ends."""
+    stop = asyncio.Event()
+    credentials = {config.accounts[0].name: CREDENTIALS["binanceusdm"]}
+    task = asyncio.create_task(run_daemon(config, credentials, stop, runtime=runtime))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def delivered(state_dir: Path, account: str) -> list[tuple[str, list[str]]]:
+    """Each stored alert of ``account``: its kind and each channel's delivery state."""
+    outbox = Outbox(state_dir / "outbox.sqlite3")
+    try:
+        records = outbox.history(0, account)
+    finally:
+        outbox.close()
+    return [(record.alert.kind.value, [status.state for status in record.deliveries]) for record in records]
+
+
+@pytest.mark.asyncio
+async def test_a_key_turned_unsafe_mid_run_alerts_once_and_monitoring_goes_on(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """Withdrawals added mid-run: an error line a re-check, one alert, polls go on; fit again: its end."""
+    config = recheck_config(sim, tmp_path, key_recheck_h=0.2 / 3600)  # every 0.2 s
+    name = config.accounts[0].name
+    runtime = Runtime(config)
+    with capture_logs() as logs:
+        async with running(config, runtime) as task:
+            await until(lambda: lines(logs, "daemon.started"))
+            set_permissions(sim, "binanceusdm", WITHDRAW)
+            await until(lambda: len(lines(logs, "account.key_unsafe")) >= 3)
+            assert runtime.daemon is not None
+            polls = runtime.daemon.accounts[name].polls
+            set_permissions(sim, "binanceusdm", READ_ONLY)
+            await until(lambda: lines(logs, "alert", "key_safe"))
+            assert not task.done()
+            assert runtime.daemon.accounts[name].polls > polls
+    for line in lines(logs, "account.key_unsafe"):
+        assert line["log_level"] == "error"
+        assert (line["account"], line["exchange"]) == (name, "binanceusdm")
+        assert line["withdraw"] == ["enableWithdrawals"]
+        assert "can withdraw (enableWithdrawals)" in line["reason"]
+    [alert] = lines(logs, "alert", "key_unsafe")
+    assert alert["level"] == "key_unsafe"
+    assert "can withdraw (enableWithdrawals)" in alert["summary"]
+    assert len(lines(logs, "account.key_safe_again")) == 1
+    text = json.dumps(logs, default=str)
+    assert DEMO_API_KEY not in text
+    assert DEMO_SECRET not in text
+    assert delivered(tmp_path, name) == [("key_unsafe", ["delivered"]), ("key_safe", ["delivered"])]
+
+
+@pytest.mark.asyncio
+async def test_a_key_fixed_while_the_daemon_was_stopped_ends_its_episode_at_start(
+    sim: SimServer, tmp_path: Path
+) -> None:
+    """The alert state remembers the unsafe key: fit at the next start, ``key_safe`` goes out then."""
+    config = recheck_config(sim, tmp_path, key_recheck_h=0.2 / 3600)
+    with capture_logs() as logs:
+        async with running(config):
+            await until(lambda: lines(logs, "daemon.started"))
+            set_permissions(sim, "binanceusdm", WITHDRAW)
+            await until(lambda: lines(logs, "alert", "key_unsafe"))
+        set_permissions(sim, "binanceusdm", READ_ONLY)
+        async with running(replace(config, daemon=replace(config.daemon, key_recheck_h=6.0))):
+            await until(lambda: lines(logs, "alert", "key_safe"))
+    assert [kind for kind, _ in delivered(tmp_path, config.accounts[0].name)] == ["key_unsafe", "key_safe"]
+
+
+@pytest.mark.asyncio
+async def test_an_unanswered_periodic_recheck_is_a_warning_and_tried_again(sim: SimServer) -> None:
+    """A 503 at re-check time: one warning, the verdict kept, the next period asks again."""
+    path = "/sapi/v1/account/apiRestrictions"
+    account = account_for("binanceusdm", sim)
+    guard = await guard_for(config_of(account), {account.name: CREDENTIALS["binanceusdm"]})
+    try:
+        await guard.start()
+        sim.faults.inject("http_503", 1, path=path)
+        with capture_logs() as logs:
+            watch = asyncio.create_task(guard.watch(0.05, None))
+            try:
+                await until(lambda: sim.faults.count(path) >= 3)
+            finally:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+    finally:
+        await close(guard)
+    assert [line["event"] for line in logs] == ["account.permissions_recheck_unanswered"]
+    assert logs[0]["log_level"] == "warning"
+    assert "503" in logs[0]["error"]
+    assert guard.verdicts[account.name].status == "ok"
+    assert guard.refused is None
+
+
+@pytest.mark.asyncio
+async def test_a_key_opened_to_any_address_mid_run_is_warned_about_once(sim: SimServer) -> None:
+    """The IP allowlist removed: the start's warning, once, at the first re-check; no alert, no stop."""
+    path = "/sapi/v1/account/apiRestrictions"
+    account = account_for("binanceusdm", sim)
+    guard = await guard_for(config_of(account), {account.name: CREDENTIALS["binanceusdm"]})
+    try:
+        await guard.start()
+        set_permissions(sim, "binanceusdm", UNRESTRICTED)
+        with capture_logs() as logs:
+            watch = asyncio.create_task(guard.watch(0.05, None))
+            try:
+                await until(lambda: sim.faults.count(path) >= 4)
+            finally:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+    finally:
+        await close(guard)
+    assert [(line["event"], line["log_level"]) for line in logs] == [
+        ("account.key_not_ip_restricted", "warning")
+    ]
+    assert guard.verdicts[account.name].status == "ok"
+
+
 # --- the configuration key -----------------------------------------------------------------------
 
 
@@ -470,6 +619,30 @@ def test_allow_trading_key_is_a_validated_boolean(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     with pytest.raises(ConfigError, match=r"allow_trading_key: a hyperliquid account is read by wallet"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", 6.0),
+        ("key_recheck_h = 0", 0.0),
+        ("key_recheck_h = 0.5", 0.5),
+        ("key_recheck_h = -1", "must be at least 0, got -1"),
+        ("key_recheck_h = 200", "must be at most 168, got 200"),
+        ('key_recheck_h = "6h"', "must be a number, got a string"),
+    ],
+    ids=["default", "off", "half-hour", "negative", "beyond-a-week", "string"],
+)
+def test_key_recheck_h_is_validated(tmp_path: Path, value: str, expected: float | str) -> None:
+    """``[daemon] key_recheck_h``: hours, 0 turns the re-check off; a bad value names the key."""
+    path = tmp_path / "c.toml"
+    account = '[[accounts]]\nname = "a"\nexchange = "binanceusdm"\napi_key_env = "K"\nsecret_env = "S"\n'
+    path.write_text(f"[daemon]\n{value}\n\n{account}", encoding="utf-8")
+    if isinstance(expected, float):
+        assert load_config(path, environ={}).daemon.key_recheck_h == expected
+        return
+    with pytest.raises(ConfigError, match=rf"daemon\.key_recheck_h: {expected}"):
         load_config(path, environ={})
 
 

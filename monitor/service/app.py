@@ -467,7 +467,10 @@ async def _run_generation(
                     runtime.reloads += 1
                     log.info("config.reloaded", path=str(config.path), accounts=len(daemon.accounts))
 
-            async with streams_for(daemon, credentials, config, markets), _rechecking(keys, ends):
+            async with (
+                streams_for(daemon, credentials, config, markets),
+                _rechecking(keys, ends, alerts.alerting, config.daemon.key_recheck_h * 3600),
+            ):
                 await daemon.run(ends, on_ready=ready)
     finally:
         relay.cancel()
@@ -518,17 +521,25 @@ async def checked_keys(config: Config, sources: Mapping[str, AccountSource]) -> 
 
 
 @contextlib.asynccontextmanager
-async def _rechecking(keys: KeyGuard, stop: asyncio.Event) -> AsyncIterator[None]:
-    """Re-check the keys the exchange did not answer for at start, while the daemon runs."""
-    if not keys.unverified:
-        yield
-        return
-    task = asyncio.create_task(keys.recheck(stop), name="key-recheck")
+async def _rechecking(
+    keys: KeyGuard, stop: asyncio.Event, alerting: Alerting | None, period_s: float
+) -> AsyncIterator[None]:
+    """Re-check the keys while the daemon runs (``KeyGuard.recheck`` and ``KeyGuard.watch``).
+
+    Those the exchange did not answer for at start until it does (a refusal stops the daemon); the
+    others every ``period_s``, 0 for never (an unfit one raises an alert).
+    """
+    tasks: list[asyncio.Task[None]] = []
+    if keys.unverified:
+        tasks.append(asyncio.create_task(keys.recheck(stop), name="key-recheck"))
+    if period_s > 0:
+        tasks.append(asyncio.create_task(keys.watch(period_s, alerting), name="key-watch"))
     try:
         yield
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,13 @@
   must not wait on a permission endpoint, so the daemon starts, warns, and checks again in the
   background with backoff (``KeyGuard.recheck``); a key found unfit then stops the daemon (exit 2)
   as it would have at start.
+
+While the daemon runs, ``KeyGuard.watch`` asks again every ``[daemon] key_recheck_h`` for each key
+found fit. One that has become unfit (its owner, or a thief, added withdrawals) does not stop the
+daemon: stopping would blind the user, and a supervisor restarting it would only meet the refusal
+at start. Instead one ``account.key_unsafe`` error line names the account and the exchange's flags,
+and a ``key_unsafe`` alert goes to the account's channels (once; ``key_safe`` when it is fit again).
+An exchange that does not answer then is a warning, asked again at the next period.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
     from monitor.config import AccountConfig, Config
     from monitor.exchanges.base import AccountSource
     from monitor.exchanges.permissions import KeyPermissions
+    from monitor.service.alerting import Alerting
 
 log = structlog.get_logger("margin_monitor.keys")
 
@@ -46,6 +54,8 @@ START_RETRY_CAP_S = 10.0
 #: Background re-checks of unverified keys: from this, doubling, capped.
 RECHECK_MIN_S = 30.0
 RECHECK_MAX_S = 600.0
+#: The verdicts the periodic re-check keeps current: fit at start, or found unfit by it since.
+WATCHED = ("ok", "refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,3 +229,63 @@ class KeyGuard:
             self.refused = refusal_error(account, verdict)
             log.error("daemon.stopping", reason="an account's key may do more than read", account=name)
             stop.set()
+
+    async def watch(self, period_s: float, alerting: Alerting | None) -> None:
+        """Every ``period_s``, check again each key that was fit (or unfit mid-run); never stops the daemon.
+
+        First the verdicts of the start go to ``alerting``: a key reported unsafe before a restart
+        and fit now ends its episode. The accounts are asked one after the other, which spreads the
+        requests sharing an exchange's per-IP limit. Never raises; runs as a named task.
+        """
+        for name, verdict in list(self.verdicts.items()):
+            if verdict.status == "ok":
+                await self._alert(name, verdict, alerting)
+        while True:
+            await asyncio.sleep(period_s)
+            for name in [name for name, verdict in self.verdicts.items() if verdict.status in WATCHED]:
+                try:
+                    await self._watch_one(name, alerting)
+                except Exception:
+                    log.exception("account.permissions_recheck_failed", account=name)
+
+    async def _watch_one(self, name: str, alerting: Alerting | None) -> None:
+        account = self.config.account(name)
+        fields = {"account": name, "exchange": account.exchange}
+        verdict = await check_account(account, self.sources[name], attempts=1)
+        if verdict.status not in WATCHED:
+            log.warning(
+                "account.permissions_recheck_unanswered",
+                **fields,
+                error=verdict.reason,
+                hint="the key is checked again at the next period",
+            )
+            return
+        previous, self.verdicts[name] = self.verdicts[name], verdict
+        permissions = verdict.permissions
+        if verdict.status == "refused" and permissions is not None:
+            log.error(
+                "account.key_unsafe",
+                **fields,
+                reason=verdict.reason,
+                **permissions.fields(),
+                hint="monitoring goes on; the daemon will not start with this key",
+            )
+        elif previous.status == "refused":
+            log.info("account.key_safe_again", **fields)
+        was_open = previous.permissions is not None and previous.permissions.ip_restricted is False
+        if permissions is not None and permissions.ip_restricted is False and not was_open:
+            log.warning(
+                "account.key_not_ip_restricted",
+                **fields,
+                hint="the exchange accepts this key from any IP address; restrict it to this machine's",
+            )
+        await self._alert(name, verdict, alerting)
+
+    async def _alert(self, name: str, verdict: KeyVerdict, alerting: Alerting | None) -> None:
+        if alerting is None:
+            return
+        unsafe = verdict.reason if verdict.status == "refused" else None
+        try:
+            await alerting.key_checked(name, self.config.account(name).exchange, unsafe)
+        except Exception:
+            log.exception("account.key_alert_failed", account=name)
