@@ -192,6 +192,16 @@ async def test_crash_is_detected_within_one_mark_tick_without_rest(tmp_path: Pat
 # --- 2. a dropped stream: fallback to polling, then back ------------------------------------------
 
 
+async def quiet_reads(watched: Watched, *, quiet_s: float, timeout_s: float = 10.0) -> int:
+    """The REST read count once ``quiet_s`` passed without a read (``timeout_s`` at most)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            reads = watched.rest_reads()
+            await asyncio.sleep(quiet_s)
+            if watched.rest_reads() == reads:
+                return reads
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("which", ["market", "user"])
 async def test_a_dropped_stream_falls_back_to_polling_and_recovers(tmp_path: Path, which: str) -> None:
@@ -226,8 +236,10 @@ async def test_a_dropped_stream_falls_back_to_polling_and_recovers(tmp_path: Pat
 
                 sim.faults.clear()
                 await until(lambda: streaming.healthy("demo"), timeout_s=15)
-                await asyncio.sleep(0.5)  # a poll already scheduled may still run
-                back = watched.rest_reads()
+                # A poll already scheduled may still run, and a user stream back re-reads the
+                # account once for what it missed: wait for a quiet poll interval, however slow
+                # the machine (polling would read every 0.4 s and never be quiet this long).
+                back = await quiet_reads(watched, quiet_s=0.6)
                 await asyncio.sleep(1.2)
                 assert watched.rest_reads() == back  # the reconcile pace again
                 assert watched.level() == "ok"
