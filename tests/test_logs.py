@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import re
+import threading
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -14,6 +17,8 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from monitor.service.logs import (
+    PIECE_MIN,
+    PIECE_SECRET_MIN,
     REDACTOR,
     THIRD_PARTY_LOGGERS,
     Redactor,
@@ -21,6 +26,7 @@ from monitor.service.logs import (
     configure_logging,
     set_secrets,
 )
+from monitor.sim import DEMO_API_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -324,3 +330,184 @@ def test_a_remembered_redaction_does_not_outlive_the_secrets_it_was_made_under()
     long_line = "x" * (Redactor.CACHE_MAX_LEN + 1) + "AKIA-distinct-0001"
     redactor.set_secrets(["AKIA-distinct-0001"])
     assert redactor.redact_text(long_line).endswith("***")
+
+
+# --- pieces of secrets ----------------------------------------------------------------------------
+
+HEX_SECRET = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"  # noqa: S105 - made up, hex as OKX secrets are
+
+
+def redactor_of(*secrets: str) -> Redactor:
+    """A redactor of just these secrets."""
+    redactor = Redactor()
+    redactor.set_secrets(secrets)
+    return redactor
+
+
+@pytest.mark.parametrize(
+    ("piece", "cut"),
+    [
+        pytest.param(SECRET[:7], False, id="prefix-7"),
+        pytest.param(SECRET[:8], True, id="prefix-8"),
+        pytest.param(SECRET[:9], True, id="prefix-9"),
+        pytest.param(SECRET[:40], True, id="prefix-40"),
+        pytest.param(SECRET[-7:], False, id="suffix-7"),
+        pytest.param(SECRET[-8:], True, id="suffix-8"),
+        pytest.param(SECRET[-9:], True, id="suffix-9"),
+        pytest.param(SECRET[-40:], True, id="suffix-40"),
+        pytest.param(SECRET[20:27], False, id="middle-7"),
+        pytest.param(SECRET[20:28], True, id="middle-8"),
+        pytest.param(SECRET[20:29], True, id="middle-9"),
+        pytest.param(SECRET[1:-1], True, id="middle-62"),
+        pytest.param(HEX_SECRET[:7], False, id="hex-prefix-7"),
+        pytest.param(HEX_SECRET[:8], True, id="hex-prefix-8"),
+        pytest.param(HEX_SECRET[-12:], True, id="hex-suffix-12"),
+    ],
+)
+def test_a_piece_of_8_characters_is_cut(piece: str, cut: bool) -> None:
+    """A piece of a secret from either end or the middle is cut from 8 characters, in an echo's shapes."""
+    redactor = redactor_of(SECRET, HEX_SECRET)
+    for shape in ("invalid api key {}...", "key \N{HORIZONTAL ELLIPSIS}{}", "{}", '{{"apiKey": "{}"}}'):
+        assert redactor.redact_text(shape.format(piece)) == shape.format("***" if cut else piece)
+
+
+def test_a_piece_inside_a_longer_token_is_cut() -> None:
+    """Bybit's origin string glues the key to a timestamp: the piece goes, the digits stay."""
+    redactor = redactor_of(SECRET)
+    assert (
+        redactor.redact_text(f"origin_string[1700000000000{SECRET[:12]}") == "origin_string[1700000000000***"
+    )
+    assert redactor.redact_text(f"x{SECRET[30:45]}5000category=linear") == "x***5000category=linear"
+    assert redactor.redact_text(f"{SECRET[-10:]}{SECRET[:10]}") == "***"  # two pieces touching: one cut
+
+
+def test_pieces_of_two_secrets_that_overlap_are_cut_as_one() -> None:
+    """A piece that starts inside another and reaches one character past it is not left a character."""
+    first, second = "0123456789abcdefZZZZ", "QQQQQQQQ9abcdefg"
+    assert redactor_of(first, second).redact_text("0123456789abcdefg!") == "***!"
+    assert redactor_of(first, second).redact_text("0123456789abcdefgh!") == "***h!"
+
+
+def test_short_secrets_and_secrets_of_words_are_matched_whole_only() -> None:
+    """Under 16 characters, or words and numbers only, a secret is a person's choice: its pieces are words."""
+    fifteen, sixteen = "Qx7Lm2Vb9Rt4Wz1", "Kp3Nd8Hs5Jf0Gc6Y"
+    redactor = redactor_of(fifteen, sixteen, PASSPHRASE, DEMO_API_KEY, "sim-bulk-key-000003")
+    assert redactor.redact_text(f"{fifteen[:10]}... {sixteen[:10]}...") == f"{fifteen[:10]}... ***..."
+    assert redactor.redact_text(f"{fifteen} {sixteen}") == "*** ***"
+    for text in (
+        "not correct horse 'battery'",
+        "/etc/margin-monitor/margin-monitor-sim.toml",
+        "sim-bulk-000003",
+    ):
+        assert redactor.redact_text(text) == text
+    assert redactor.redact_text(f"<{PASSPHRASE}> {DEMO_API_KEY}, sim-bulk-key-000003") == "<***> ***, ***"
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    """Words, numbers, timestamps and hex ids shorter than 8 survive, even where they are in a secret."""
+    wordy = "ExchangeMarginPositions1700000000000websocket-STALE"
+    bearer = "Bearer HygHookBearer2Wq5Er8Ty1Ui4Op7As0Df"
+    redactor = redactor_of(
+        SECRET, HEX_SECRET, wordy, bearer, "7301946258:HygBotTok8Jd3Ks6La9Qp2Wo5Ei1Ru4Ty7Zm"
+    )
+    text = (
+        "account main assessed: margin ratio 182.41% (maintenance 1234.5678 USDT, 3 positions) at "
+        "2025-03-14T09:26:53.589793Z; order 1700000000000 by bot 7301946258, request 9f8e7d6 / 3c2b1a0, "
+        f"key {SECRET[:4]}****{SECRET[-4:]}; Exchange margin websocket-STALE; Authorization: Bearer x"
+    )
+    assert redactor.redact_text(text) == text
+    assert redactor.redact_text("ExchangeMarginPositions") == "***"  # words run together are a piece
+    assert redactor.redact_text(f"Authorization: {bearer[:20]}") == "Authorization: ***"
+
+
+def test_an_escaped_piece_is_cut() -> None:
+    """A piece of a secret's JSON or repr form (a backslash, a quote) is cut as the raw one is."""
+    quoted = 'Ab3"Cd5\\Ef7"Gh9\\Ij1Kl3'
+    redactor = redactor_of(quoted)
+    assert json.dumps(quoted[:12])[1:-1] in json.dumps(quoted)
+    assert redactor.redact_text(f"x {json.dumps(quoted[:12])} y") == 'x "***" y'
+    assert redactor.redact_text(f"x {quoted[:12]!r} y") == "x '***' y"
+
+
+def escaped_forms(secret: str) -> tuple[str, str, str]:
+    """The secret as it is, and as JSON and repr() escape it."""
+    return (secret, json.dumps(secret)[1:-1], repr(secret)[1:-1])
+
+
+def cut_by_hand(text: str, secrets: list[str]) -> str:
+    """What the redactor is meant to do, the slow way.
+
+    Every stretch of ``text`` that pieces (8 characters or more) of a key-like secret cover becomes
+    ``***``, unless it is shorter than 16 and reads as words and numbers; then the other secrets are
+    replaced whole, longest first.
+    """
+
+    def reads_as_text(text: str) -> bool:
+        words = "".join(char if char.isalnum() else " " for char in text).split()
+        return all(
+            word.isdigit() or (word.isalpha() and (word.islower() or word.istitle() or word.isupper()))
+            for word in words
+        )
+
+    def key_like(secret: str) -> bool:
+        return len(secret) >= PIECE_SECRET_MIN and not reads_as_text(secret)
+
+    forms = {form for secret in secrets if key_like(secret) for form in escaped_forms(secret)}
+    cut = [False] * len(text)
+    for start in range(len(text)):
+        for end in range(start + PIECE_MIN, len(text) + 1):
+            if any(text[start:end] in form for form in forms):
+                cut[start:end] = [True] * (end - start)
+    stretches = []
+    for is_cut, group in itertools.groupby(zip(text, cut, strict=True), key=lambda pair: pair[1]):
+        stretch = "".join(char for char, _ in group)
+        kept = len(stretch) < PIECE_SECRET_MIN and reads_as_text(stretch)
+        stretches.append("***" if is_cut and not kept else stretch)
+    whole = sorted({form for secret in secrets if not key_like(secret) for form in escaped_forms(secret)})
+    alternation = "|".join(re.escape(form) for form in sorted(whole, key=len, reverse=True))
+    return re.sub(alternation, "***", "".join(stretches)) if whole else "".join(stretches)
+
+
+@st.composite
+def secrets_and_text(draw: st.DrawFn) -> tuple[list[str], str]:
+    """A few secrets over a small alphabet, and a text of slices of them (escaped or not) and noise."""
+    alphabet = "aB1'\\"
+    secrets = draw(st.lists(st.text(alphabet=alphabet, min_size=12, max_size=24), min_size=1, max_size=4))
+    sources = [form for secret in secrets for form in escaped_forms(secret)]
+    slices = st.tuples(st.sampled_from(sources), st.integers(0, 30), st.integers(0, 30)).map(
+        lambda source: source[0][min(source[1:]) : max(source[1:])]
+    )
+    parts = draw(st.lists(st.one_of(slices, st.text(alphabet=alphabet + " .", max_size=4)), max_size=8))
+    return secrets, "".join(parts)
+
+
+@given(secrets_and_text())
+def test_pieces_are_cut_like_a_search_of_every_stretch(case: tuple[list[str], str]) -> None:
+    """Exactly the stretches some piece of a secret covers are cut, however pieces overlap or repeat."""
+    secrets, text = case
+    assert redactor_of(*secrets).redact_text(text) == cut_by_hand(text, secrets)
+
+
+def test_set_secrets_from_another_thread_swaps_whole_sets() -> None:
+    """Lines redacted while another thread swaps the secrets see the old set or the new, never a mix."""
+    first, second = SECRET, HEX_SECRET + HEX_SECRET[::-1]
+    redactor = redactor_of(first)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            redactor.set_secrets([second])
+            redactor.set_secrets([first])
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            line = redactor.redact_text(f"{first[:20]} {second[:20]} {len(seen)} {time.monotonic()}")
+            seen.add(" ".join(line.split()[:2]))
+    finally:
+        stop.set()
+        swapper.join()
+    assert seen == {f"*** {second[:20]}", f"{first[:20]} ***"}

@@ -43,6 +43,8 @@ from monitor.sim.venues import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from monitor.sim.faults import Fault
     from monitor.sim.server import SimServer
 
@@ -130,6 +132,9 @@ class BybitVenue:
         self.model = BybitModel()
         self.accounts: dict[str, VenueAccount] = {}
         self.add_account(bybit_demo_account())
+        self.invalid_key_message: Callable[[str], str] = lambda _key: "API key is invalid."
+        """retCode 10003's message for an unknown key, given the key sent. Some venues echo the key,
+        often cut short (``lambda key: f"invalid api key {key[:12]}..."``): tests of the redactor."""
 
     def add_account(self, account: VenueAccount) -> None:
         """Hold ``account`` (replacing any with the same API key)."""
@@ -186,7 +191,7 @@ class BybitVenue:
         key = request.headers.get("X-BAPI-API-KEY", "")
         account = self.accounts.get(key)
         if account is None:
-            raise _error(10003, "API key is invalid.", status=401)
+            raise _error(10003, self.invalid_key_message(key), status=401)
         try:
             timestamp = int(request.headers.get("X-BAPI-TIMESTAMP", ""))
             recv_window = int(request.headers.get("X-BAPI-RECV-WINDOW", DEFAULT_RECV_WINDOW_MS))
