@@ -89,7 +89,7 @@ class _Secrets:
 
 
 class Redactor:
-    """Replaces secrets in event fields and rendered lines; ``set_secrets`` swaps the set atomically.
+    """Replaces secrets in rendered lines and other text; ``set_secrets`` swaps the set atomically.
 
     Every secret is replaced whole. A key-like secret (16 characters or more, not only words and
     numbers: an API key, a token) is also cut wherever a piece of it stands: any stretch of 8 or more
