@@ -359,17 +359,22 @@ def _cut_pieces(text: str, secrets: _Secrets) -> str:
     if secrets.runs is None:
         return text
     found = secrets.found
-    parts: list[str] = []
-    at = 0
-    for run in secrets.runs.finditer(text):
-        word = run.group()
-        # Lines repeat their runs (field names, account names): each is searched once. A run's
-        # pieces do not depend on what surrounds it (the characters around are not the secrets').
+    # Lines repeat their runs (field names, account names): each is searched once. A run's pieces
+    # do not depend on what surrounds it (the characters around are not the secrets').
+    hit = False
+    for word in secrets.runs.findall(text):
         spans = found.get(word)
         if spans is None:
             if len(found) >= RUNS_CACHE_SIZE:
                 found.clear()
             spans = found[word] = _run_spans(word, secrets.pieces)
+        hit = hit or bool(spans)
+    if not hit:  # nearly every line: no piece anywhere, and no match objects made
+        return text
+    parts: list[str] = []
+    at = 0
+    for run in secrets.runs.finditer(text):
+        spans = found.get(run.group()) or _run_spans(run.group(), secrets.pieces)
         first = run.start()
         for start, end in spans:
             parts += (text[at : first + start], REDACTED)
