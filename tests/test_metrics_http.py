@@ -251,7 +251,10 @@ async def test_healthz_is_ok_then_names_the_account_that_went_blind(tmp_path: Pa
                 await until(lambda: daemon.accounts["demo"].last_good is not None)
                 fresh = await fetch(server.url + "healthz")
                 sim.faults.inject("timeout", count=10_000, hang_s=5)
-                await until(lambda: daemon.accounts["demo"].level == BLIND)
+                # Blind comes from the data's age, the error from a poll timing out: on a slow
+                # machine the first can come before the second, so wait for both.
+                demo = daemon.accounts["demo"]
+                await until(lambda: demo.level == BLIND and demo.last_error is not None)
                 status, text, _ = await fetch(server.url + "healthz")
                 json_status, document, _ = await fetch(server.url + "healthz", accept="application/json")
                 _, api, _ = await fetch(server.url + "api/status")
