@@ -218,8 +218,9 @@ async def test_a_dropped_stream_falls_back_to_polling_and_recovers(tmp_path: Pat
         with capture_logs() as logs:
             async with watching(sim, tmp_path, poll_interval_s=0.4, reconcile_s=30.0) as watched:
                 streaming = watched.streaming
-                await until(lambda: sim.user_streams() == 1)
-                before = watched.rest_reads()
+                await until(lambda: sim.user_streams() == 1 and streaming.healthy("demo"))
+                # The polls before the streams were healthy, and the user stream's first read, done:
+                before = await quiet_reads(watched, quiet_s=0.6)
                 await asyncio.sleep(1.2)
                 assert watched.rest_reads() == before  # healthy streams: REST waits for reconciliation
 
@@ -275,8 +276,7 @@ async def test_a_stalled_stream_alone_hands_over_to_rest_and_never_goes_blind(tm
                 assert watched.level() == "ok"
                 sim.unstall_websockets("market")
                 await until(lambda: streaming.healthy("demo"), timeout_s=5)
-                await asyncio.sleep(0.5)
-                back = watched.rest_reads()
+                back = await quiet_reads(watched, quiet_s=1.0)  # a poll already scheduled may still run
                 await asyncio.sleep(1.2)
                 assert watched.rest_reads() == back
     assert not events_named(logs, "account.blind")
