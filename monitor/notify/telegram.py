@@ -212,6 +212,12 @@ class TelegramChannel:
                 if error.retry_after is not None:
                     self._next_allowed[key] = time.monotonic() + error.retry_after
                 raise
+            finally:
+                # Counted from the answer as well: Telegram counts arrivals, and a request slow to
+                # arrive must not bring the next one closer to it than the interval.
+                self._next_allowed[key] = max(
+                    self._next_allowed[key], time.monotonic() + self.settings.min_interval_s
+                )
 
     async def _call(
         self, method: str, payload: dict[str, Any], *, what: str, timeout_s: float | None = None
