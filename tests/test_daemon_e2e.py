@@ -139,7 +139,9 @@ async def test_a_stopped_feed_turns_the_account_blind(tmp_path: Path) -> None:
         stop = asyncio.Event()
         with capture_logs() as logs:
             task = asyncio.create_task(daemon.run(stop))
-            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            while daemon.accounts["demo"].level != "ok" and time.monotonic() - started < 5:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
             assert daemon.accounts["demo"].level == "ok"
             sim.faults.inject("timeout", count=10_000, hang_s=5)
             stopped_at = time.monotonic()
