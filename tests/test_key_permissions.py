@@ -552,6 +552,18 @@ async def test_a_key_fixed_while_the_daemon_was_stopped_ends_its_episode_at_star
     assert [kind for kind, _ in delivered(tmp_path, config.accounts[0].name)] == ["key_unsafe", "key_safe"]
 
 
+async def watched(guard: KeyGuard, done: Callable[[], object]) -> list[MutableMapping[str, Any]]:
+    """The lines ``guard.watch`` (every 0.05 s, no alerting) logs until ``done()`` holds."""
+    with capture_logs() as logs:
+        watch = asyncio.create_task(guard.watch(0.05, None))
+        try:
+            await until(done)
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+    return logs
+
+
 @pytest.mark.asyncio
 async def test_an_unanswered_periodic_recheck_is_a_warning_and_tried_again(sim: SimServer) -> None:
     """A 503 at re-check time: one warning, the verdict kept, the next period asks again."""
@@ -561,13 +573,7 @@ async def test_an_unanswered_periodic_recheck_is_a_warning_and_tried_again(sim: 
     try:
         await guard.start()
         sim.faults.inject("http_503", 1, path=path)
-        with capture_logs() as logs:
-            watch = asyncio.create_task(guard.watch(0.05, None))
-            try:
-                await until(lambda: sim.faults.count(path) >= 3)
-            finally:
-                watch.cancel()
-                await asyncio.gather(watch, return_exceptions=True)
+        logs = await watched(guard, lambda: sim.faults.count(path) >= 3)
     finally:
         await close(guard)
     assert [line["event"] for line in logs] == ["account.permissions_recheck_unanswered"]
@@ -586,13 +592,7 @@ async def test_a_key_opened_to_any_address_mid_run_is_warned_about_once(sim: Sim
     try:
         await guard.start()
         set_permissions(sim, "binanceusdm", UNRESTRICTED)
-        with capture_logs() as logs:
-            watch = asyncio.create_task(guard.watch(0.05, None))
-            try:
-                await until(lambda: sim.faults.count(path) >= 4)
-            finally:
-                watch.cancel()
-                await asyncio.gather(watch, return_exceptions=True)
+        logs = await watched(guard, lambda: sim.faults.count(path) >= 4)
     finally:
         await close(guard)
     assert [(line["event"], line["log_level"]) for line in logs] == [
