@@ -374,7 +374,9 @@ def _cut_pieces(text: str, secrets: _Secrets) -> str:
     parts: list[str] = []
     at = 0
     for run in secrets.runs.finditer(text):
-        spans = found.get(run.group()) or _run_spans(run.group(), secrets.pieces)
+        spans = found.get(run.group())
+        if spans is None:  # the cache was cleared while this line filled it
+            spans = _run_spans(run.group(), secrets.pieces)
         first = run.start()
         for start, end in spans:
             parts += (text[at : first + start], REDACTED)
