@@ -8,7 +8,9 @@ and the simulated exchange is in ``test_daemon_e2e.py``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -300,6 +302,27 @@ async def test_run_polls_on_schedule_and_closes_every_source(tmp_path: Path) -> 
     assert all(source.closed == 1 for source in sources.values())
     assert logs[0]["event"] == "daemon.started"
     assert logs[-1]["event"] == "daemon.stopped"
+
+
+@pytest.mark.asyncio
+async def test_polls_are_spread_over_the_interval(tmp_path: Path) -> None:
+    """Ten accounts' first scheduled polls fall a tenth of the interval apart, the last one interval in.
+
+    Polled together, a thousand accounts' answers are parsed back to back with the loop held, and
+    an alert found meanwhile waits for all of them.
+    """
+    sources = {f"acct{i}": ScriptedSource(f"acct{i}", snapshot(wallet=2_000.0)) for i in range(10)}
+    daemon = Daemon(make_config(tmp_path, poll_interval_s=20.0, accounts=10), sources)
+    scheduler = daemon.start()
+    try:
+        firsts = sorted(
+            job.next_run_time.timestamp() for job in scheduler.get_jobs() if job.id.startswith("poll:")
+        )
+    finally:
+        scheduler.shutdown(wait=False)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(firsts)]
+    assert gaps == pytest.approx([2.0] * 9, abs=0.01)
+    assert firsts[-1] - time.time() == pytest.approx(20.0, abs=0.5)
 
 
 # --- the hooks the metrics read, and freshness for /healthz ---------------------------------------

@@ -61,8 +61,12 @@ class ScriptedChannel:
         min_level: str = "ok",
         accounts: frozenset[str] | None = None,
         delay_s: float = 0.0,
+        held: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
+        #: Alerts whose send waits until ``release`` is set (a slow acknowledgement).
+        self.held = held
+        self.release = asyncio.Event()
         self.min_level = min_level
         self.accounts = accounts
         self.script: deque[Exception | None] = deque(script or (None,))
@@ -86,6 +90,8 @@ class ScriptedChannel:
         try:
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
+            if alert.id in self.held:
+                await self.release.wait()
             step = self.script[0] if len(self.script) == 1 else self.script.popleft()
             if step is not None:
                 raise step
@@ -275,6 +281,36 @@ async def test_a_pipelining_channel_has_several_in_flight_but_never_two_of_one_a
     for account in set(accounts):
         ids = [f"alert-{n}" for n, name in enumerate(accounts) if name == account]
         assert [sent for sent in channel.sent if sent in ids] == ids
+
+
+@pytest.mark.asyncio
+async def test_a_slow_acknowledgement_holds_only_its_own_slot(outbox: Outbox) -> None:
+    """A freed slot takes the next alert at once, also one stored while the others are in flight.
+
+    With a window of 2 and account a's alert unacknowledged, b, c and d go out one after another
+    through the other slot, and so does e, submitted meanwhile; a's next alert waits behind a's first.
+    """
+    channel = ScriptedChannel("mqtt", held=frozenset({"alert-0"}))
+    channel.max_in_flight = 2  # type: ignore[attr-defined]
+    sender = Dispatcher(outbox, [channel])
+    task = asyncio.create_task(sender.run(), name="dispatcher")
+    with capture_logs():
+        for number, account in enumerate(["a", "b", "c", "d"]):
+            await sender.submit(make_alert(number, account=account, created_at=time.time()))
+        await until(lambda: channel.sent == ["alert-1", "alert-2", "alert-3"])
+        await sender.submit(make_alert(4, account="e", created_at=time.time()))
+        await sender.submit(make_alert(5, account="a", created_at=time.time()))
+        await until(lambda: len(channel.sent) == 4)
+        assert channel.sent[3] == "alert-4"
+        assert channel.attempts.count("alert-5") == 0  # a's second waits for a's first
+        assert outbox.pending_count("mqtt") == 2
+        channel.release.set()
+        await until(lambda: len(channel.sent) == 6)
+        await sender.stop()
+    await task
+    assert channel.sent[4:] == ["alert-0", "alert-5"]
+    assert channel.most_in_flight == 2
+    assert outbox.pending_count("mqtt") == 0
 
 
 @pytest.mark.asyncio

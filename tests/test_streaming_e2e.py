@@ -494,7 +494,7 @@ def test_a_tick_puts_first_the_accounts_whose_threshold_prices_it_passes() -> No
     def live(wallet: float) -> _Live:
         position = Position("BTC/USDT:USDT", Side.LONG, 1.0, 100_000.0, 100_000.0, tiers)
         snapshot = AccountSnapshot(wallet, (position,))
-        return _Live(snapshot, 0.0, snapshot.symbols())
+        return _Live(snapshot, 0.0, 60.0, snapshot.symbols())
 
     near, far = live(2_000.0), live(20_000.0)
     assert near.crosses({"BTC/USDT:USDT": 99_999.0})  # not assessed yet: first

@@ -31,8 +31,9 @@ import contextlib
 import dataclasses
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
@@ -294,28 +295,77 @@ class Dispatcher:
 
     async def _deliver_channel(self, name: str) -> list[Outcome]:
         channel = self.channels[name]
-        outcomes: list[Outcome] = []
         window = in_flight(channel)
         async with self._busy[name]:
-            due = self.outbox.due(self._clock(), BATCH, channel=name)
-            start = 0
-            while start < len(due):
-                group = _window(due, start, window)
-                start += len(group)
-                if len(group) == 1:
-                    results = [await self._attempt(channel, group[0])]
-                else:
-                    # Sent together, marked together: one commit for the window.
-                    results = await asyncio.gather(*(self._attempt(channel, d, mark=False) for d in group))
-                    sent = [
-                        d for d, outcome in zip(group, results, strict=True) if outcome.result == "delivered"
-                    ]
-                    if sent:
-                        self._counters[name].delivered += sum(self.outbox.delivered_many(sent))
-                outcomes.extend(results)
-                if any(outcome.result == "retry" for outcome in results) or self._stopping.is_set():
-                    break
+            if window == 1:
+                return await self._deliver_serially(channel)
+            return await self._deliver_pipelined(channel, window)
+
+    async def _deliver_serially(self, channel: Channel) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for delivery in self.outbox.due(self._clock(), BATCH, channel=channel.name):
+            outcome = await self._attempt(channel, delivery)
+            outcomes.append(outcome)
+            if outcome.result == "retry" or self._stopping.is_set():
+                break
         return outcomes
+
+    async def _deliver_pipelined(self, channel: Channel, window: int) -> list[Outcome]:
+        """Up to ``window`` sends at once, one per account, each slot refilled as soon as it frees.
+
+        Deliveries stored while these are in flight join without waiting for the slowest
+        acknowledgement; those that finish together are marked in one commit. The first retry stops
+        new sends (strict FIFO): those in flight finish.
+        """
+        name = channel.name
+        outcomes: list[Outcome] = []
+        queue = deque(self.outbox.due(self._clock(), BATCH, channel=name))
+        seen = {delivery.seq for delivery in queue}
+        running: dict[asyncio.Task[Outcome], Delivery] = {}
+        busy_accounts: set[str] = set()
+        halted = False
+        try:
+            while True:
+                while not halted and queue and len(running) < window:
+                    if queue[0].alert.account in busy_accounts:
+                        break  # one account's alerts never in flight together: their order holds
+                    delivery = queue.popleft()
+                    busy_accounts.add(delivery.alert.account)
+                    task = asyncio.ensure_future(self._attempt(channel, delivery, mark=False))
+                    running[task] = delivery
+                if not running:
+                    return outcomes
+                wake = self._wake[name]
+                # With a slot free, a delivery stored meanwhile need not wait for an acknowledgement.
+                waiter = asyncio.ensure_future(wake.wait()) if not halted and len(running) < window else None
+                awaited: set[asyncio.Future[Any]] = set(running)
+                if waiter is not None:
+                    awaited.add(waiter)
+                await asyncio.wait(awaited, return_when=asyncio.FIRST_COMPLETED)
+                if waiter is not None:
+                    waiter.cancel()
+                sent: list[Delivery] = []
+                for task in sorted((t for t in running if t.done()), key=lambda t: running[t].seq):
+                    delivery = running.pop(task)
+                    busy_accounts.discard(delivery.alert.account)
+                    outcome = task.result()
+                    outcomes.append(outcome)
+                    if outcome.result == "delivered":
+                        sent.append(delivery)
+                    elif outcome.result == "retry":
+                        halted = True
+                if sent:
+                    self._counters[name].delivered += sum(self.outbox.delivered_many(sent))
+                halted = halted or self._stopping.is_set()
+                if not halted and len(queue) < window and wake.is_set():
+                    # Stored since the read: cleared before reading again, as the worker does.
+                    wake.clear()
+                    fresh = self.outbox.due(self._clock(), BATCH, channel=name)
+                    queue.extend(delivery for delivery in fresh if delivery.seq not in seen)
+                    seen.update(delivery.seq for delivery in fresh)
+        finally:
+            for task in running:
+                task.cancel()
 
     async def _attempt(self, channel: Channel, delivery: Delivery, *, mark: bool = True) -> Outcome:
         """One send (or expiry) of ``delivery``; ``mark=False`` leaves marking it delivered to the caller."""
@@ -410,18 +460,6 @@ class Dispatcher:
     def counters(self) -> dict[str, ChannelCounters]:
         """A copy of each channel's counters since this dispatcher started."""
         return {name: dataclasses.replace(counters) for name, counters in self._counters.items()}
-
-
-def _window(due: list[Delivery], start: int, size: int) -> list[Delivery]:
-    """The deliveries from ``start`` that may be in flight together: up to ``size``, one per account."""
-    group = [due[start]]
-    accounts = {due[start].alert.account}
-    for delivery in due[start + 1 : start + size]:
-        if delivery.alert.account in accounts:
-            break
-        group.append(delivery)
-        accounts.add(delivery.alert.account)
-    return group
 
 
 def _describe(exc: BaseException) -> str:

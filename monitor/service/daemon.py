@@ -16,6 +16,7 @@ import gc
 import random
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -32,7 +33,7 @@ from monitor.errors import (
 from monitor.risk.engine import assess
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Mapping
+    from collections.abc import Callable, Coroutine, Iterable, Mapping
 
     from monitor.alerts.model import Alert
     from monitor.config import AccountConfig, Config
@@ -485,6 +486,10 @@ class Daemon:
     def start(self) -> AsyncIOScheduler:
         """Schedule the poll, staleness and refresh jobs on the running loop."""
         scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+        # Spread over the interval: a thousand accounts polled together hold the loop for seconds
+        # while their answers are parsed, and every alert found meanwhile waits.
+        phases = spread(self.accounts)
+        started = datetime.now(UTC)
         for state in self.accounts.values():
             interval = state.config.poll_interval_s
             scheduler.add_job(
@@ -497,6 +502,7 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=max(1, int(interval)),
+                next_run_time=started + timedelta(seconds=interval * phases[state.name]),
             )
         fastest = min((state.config.poll_interval_s for state in self.accounts.values()), default=10.0)
         every = fastest / 2 if self.heartbeat_s is None else min(fastest / 2, self.heartbeat_s)
@@ -578,6 +584,12 @@ class Daemon:
                     *(state.source.close() for state in self.accounts.values()), return_exceptions=True
                 )
         log.info("daemon.stopped", accounts=len(self.accounts))
+
+
+def spread(names: Iterable[str]) -> dict[str, float]:
+    """Each name's place in (0, 1], evenly spaced in sorted order: when its periodic work first falls due."""
+    ordered = sorted(names)
+    return {name: (index + 1) / len(ordered) for index, name in enumerate(ordered)}
 
 
 def _freeze_long_lived() -> None:

@@ -26,6 +26,7 @@ import structlog
 from monitor.exchanges.client import ClientHandle, ClientSettings, Credentials, MarketCache
 from monitor.exchanges.streams import MarkFeed, UserEvent, UserFeed, supported
 from monitor.risk.engine import assess
+from monitor.service.daemon import spread
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -58,6 +59,10 @@ COALESCE_S = 0.002
 #: a thousand.
 RECOMPUTE_SLICE = 8
 
+#: Accounts a tick takes across a threshold are recomputed together, up to this many between two
+#: yields, so their alerts are stored in one commit and sent in one window.
+URGENT_SLICE = 32
+
 #: How long a tick waits for the alerts of the accounts it took across a threshold to be stored
 #: before it recomputes the rest (they are normally stored within milliseconds).
 URGENT_WAIT_S = 0.5
@@ -69,6 +74,8 @@ class _Live:
 
     snapshot: AccountSnapshot
     taken_at: float
+    #: When REST is to be read again to reconcile (the first time spread over the accounts).
+    reconcile_at: float
     symbols: frozenset[str] = field(default_factory=frozenset)
     last_logged_at: float = 0.0
     #: Symbol -> the nearest marks below and above the current one at which the account (or an
@@ -114,6 +121,7 @@ class Streaming:
         self.mark_feeds: dict[FeedKey, MarkFeed] = {}
         self.user_feeds: dict[str, UserFeed] = {}
         self.streamed = {name for name, state in daemon.accounts.items() if self._wants_stream(state)}
+        self._phase = spread(self.streamed)
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing: set[str] = set()
         self._again: set[str] = set()
@@ -237,7 +245,7 @@ class Streaming:
         if not self.healthy(name):
             return True
         live = self.live.get(name)
-        return live is None or self._clock() - live.taken_at >= self.reconcile_s
+        return live is None or self._clock() >= live.reconcile_at
 
     def on_snapshot(self, name: str, snapshot: AccountSnapshot, *, reconcile: bool = True) -> None:
         """A REST snapshot arrived: reconcile with the live one, re-index, re-subscribe.
@@ -263,7 +271,15 @@ class Streaming:
                 del held[symbol]
         for symbol in symbols:
             held[symbol].add(name)
-        self.live[name] = _Live(snapshot, now, symbols, previous.last_logged_at if previous else 0.0)
+        if previous is None:
+            # A thousand accounts read at start would otherwise reconcile together every period,
+            # seconds of parsing with the loop held; the first comes after half to one period.
+            reconcile_at = now + self.reconcile_s * (0.5 + 0.5 * self._phase.get(name, 1.0))
+        else:
+            reconcile_at = now + self.reconcile_s
+        self.live[name] = _Live(
+            snapshot, now, reconcile_at, symbols, previous.last_logged_at if previous else 0.0
+        )
         feed = self.mark_feeds.get(key)
         if feed is not None and symbols - old:
             feed.set_symbols(set(held))
@@ -298,12 +314,13 @@ class Streaming:
                     self._take_pending(work)
                     urgent = {name for name in work if self.live[name].crosses(work[name])}
                     order = [*urgent, *(name for name in work if name not in urgent)]
-                for name in order[:RECOMPUTE_SLICE]:
+                size = _leading(order, urgent, URGENT_SLICE) or RECOMPUTE_SLICE
+                for name in order[:size]:
                     task = self._recompute(name, work.pop(name))
                     if name in urgent and task is not None:
                         alerting.append(task)
-                del order[:RECOMPUTE_SLICE]
-                if alerting and not urgent.intersection(order[:RECOMPUTE_SLICE]):
+                del order[:size]
+                if alerting and not (order and order[0] in urgent):
                     # The crossing accounts are done: their alerts are stored before the rest.
                     await asyncio.wait(alerting, timeout=URGENT_WAIT_S)
                     alerting.clear()
@@ -370,6 +387,16 @@ class Streaming:
         finally:
             self._refreshing.discard(name)
             self._again.discard(name)
+
+
+def _leading(order: list[str], members: set[str], most: int) -> int:
+    """How many of the first ``most`` names of ``order`` are in ``members`` before the first that is not."""
+    count = 0
+    for name in order[:most]:
+        if name not in members:
+            break
+        count += 1
+    return count
 
 
 def _edges(assessment: Assessment) -> dict[str, tuple[float, float]]:
