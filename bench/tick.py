@@ -1,12 +1,15 @@
 """Benchmark of one stream tick's work per account, in one process, without the network.
 
 A mark tick moves the five symbols of 1,000 accounts of 5 cross positions each (Binance USDⓈ-M
-bundled brackets); for each account the daemon then does what ``Streaming._recompute`` does before
-its alerts go out: the new marks into the snapshot (``with_marks``), the assessment (ratio,
-liquidation and threshold prices), the threshold prices nearest the mark (the next tick's
-ordering), and the alert engine's evaluation (``Alerting.evaluate``). The ticks wiggle the marks
-by 0.1% so no alert fires: the steady state of a stream. CPU time (``time.process_time``) per
-account per tick; min and median over the ticks.
+bundled brackets); for each account the daemon then does what ``Streaming`` does before its
+alerts go out: the account's figures at the new marks (``Book.assess``: the margin ratios, prices
+left unsolved), whether they move an alert key (``Alerting.moves``), and the alert engine's
+evaluation (``Alerting.evaluate``). The baseline, timed in the same run, is the full assessment a
+poll makes: the new marks into the snapshot (``with_marks``), ``assess`` (ratio, liquidation and
+threshold prices) and the same evaluation. The ticks wiggle the marks by 0.1% so no alert fires:
+the steady state of a stream. CPU time (``time.process_time``) per account per tick; min and
+median over the ticks; and the objects a tick leaves to the garbage collector's youngest
+generation (what a collection during the next tick must scan).
 
 This is the floor under ``bench/streams.py``'s cost and latency figures, without its noise (the
 simulator, websockets, MQTT and the log). Run ``python bench/tick.py`` (``--profile`` for where
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import pstats
 import statistics
@@ -33,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from monitor.alerts.engine import AlertPolicy
 from monitor.brackets import bundled_tiers
 from monitor.risk import AccountSnapshot, Position, Side, assess
+from monitor.risk.engine import Book
 from monitor.service.alerting import Alerting
-from monitor.service.streaming import _edges
 
 if TYPE_CHECKING:
     from monitor.alerts.model import Alert
-    from monitor.risk import TierTable
+    from monitor.risk import Assessment, TierTable
 
 ACCOUNTS = 1000
 TICKS = 60
@@ -84,26 +88,40 @@ def accounts(count: int) -> list[AccountSnapshot]:
     return built
 
 
-async def run(count: int, ticks: int) -> list[float]:
-    """Microseconds of CPU per account for each tick."""
+async def run(count: int, ticks: int, *, full: bool) -> tuple[list[float], int]:
+    """Microseconds of CPU per account for each tick, and the young objects the last tick left.
+
+    ``full``: the baseline (``with_marks`` + ``assess``); else a stream's tick (``Book.assess``).
+    """
     snapshots = accounts(count)
+    books = [Book(snapshot) for snapshot in snapshots]
     names = [f"acct-{index:06d}" for index in range(count)]
     per_account: list[float] = []
+    young = 0
     with tempfile.TemporaryDirectory() as state_dir:
         alerting = Alerting(AlertPolicy(thresholds=THRESHOLDS), _Discard(), Path(state_dir))
+        kept: list[Assessment] = [assess(snapshot, THRESHOLDS) for snapshot in snapshots]
         for tick in range(ticks):
             factor = 1.0 + (WIGGLE if tick % 2 else -WIGGLE)
             marks = {symbol: price * factor for symbol, price in MARKS.items()}
+            gc.collect()
+            gc.disable()
             started = time.process_time()
-            for index, snapshot in enumerate(snapshots):
-                moved = snapshot.with_marks(marks)
-                assessment = assess(moved, THRESHOLDS)
-                _edges(assessment)
-                if alerting.evaluate(names[index], "binanceusdm", assessment):
+            for index, name in enumerate(names):
+                if full:
+                    moved = snapshots[index].with_marks(marks)
+                    assessment = assess(moved, THRESHOLDS)
+                    snapshots[index] = moved
+                else:
+                    assessment = books[index].assess(marks, THRESHOLDS)
+                    alerting.moves(name, assessment)
+                if alerting.evaluate(name, "binanceusdm", assessment):
                     raise RuntimeError("an alert fired in the steady state: the wiggle is too wide")
-                snapshots[index] = moved
+                kept[index] = assessment  # the daemon keeps each account's latest
             per_account.append((time.process_time() - started) / count * 1e6)
-    return per_account
+            young = len(gc.get_objects(0))
+            gc.enable()
+    return per_account, young
 
 
 def main() -> None:
@@ -118,18 +136,24 @@ def main() -> None:
     profile = cProfile.Profile() if args.profile else None
     if profile is not None:
         profile.enable()
-    times = asyncio.run(run(args.accounts, args.ticks))
+    stream, stream_young = asyncio.run(run(args.accounts, args.ticks, full=False))
     if profile is not None:
         profile.disable()
         out = io.StringIO()
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(20)
         print(out.getvalue())
-    print(
-        f"one tick, {args.accounts:,} accounts x {len(MARKS)} positions: "
-        f"{min(times):.1f} us an account (min), {statistics.median(times):.1f} (median)"
-        f" over {args.ticks} ticks; "
-        f"{min(times) * args.accounts / 1000:.1f} ms a tick"
-    )
+    full, full_young = asyncio.run(run(args.accounts, args.ticks, full=True))
+    print(f"one tick, {args.accounts:,} accounts x {len(MARKS)} positions, CPU per account (min / median):")
+    for label, times, young in (
+        ("stream tick (Book.assess, moves, evaluate)", stream, stream_young),
+        ("full assessment (with_marks, assess, evaluate)", full, full_young),
+    ):
+        print(
+            f"  {label:<48} {min(times):6.1f} / {statistics.median(times):6.1f} us"
+            f"  {min(times) * args.accounts / 1000:6.1f} ms a tick"
+            f"  {young:>7,} young objects left"
+        )
+    print(f"  ratio: the stream tick costs {min(stream) / min(full):.2f}x the full assessment")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
+from monitor.errors import PositionError
 from monitor.risk import (
     DEFAULT_THRESHOLDS,
     AccountSnapshot,
@@ -28,9 +29,11 @@ from monitor.risk import (
     ratio_at,
 )
 from monitor.risk.actions import account_margin_to_add, close_fraction, isolated_margin_to_add
+from monitor.risk.engine import Book
+from monitor.risk.model import DeferredAssessment
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from monitor.risk import Assessment
 
@@ -614,3 +617,71 @@ def test_assessed_ratio_matches_ratio_at(account: AccountSnapshot) -> None:
         assert assess(account).margin_ratio is None
     else:
         assert _ratio_of(assess(account)) == pytest.approx(expected, rel=1e-12)
+
+
+# --- a stream's tick: the Book gives assess()'s figures without building positions -----------------
+
+
+def _marks_moved(data: st.DataObject, account: AccountSnapshot) -> dict[str, float]:
+    """New marks for the account's symbols: each moved by up to 2x either way, so brackets change."""
+    return {
+        position.symbol: position.mark_price * data.draw(_log_uniform(-0.3, 0.3))
+        for position in account.positions
+    }
+
+
+def _outcome(call: Callable[..., Assessment], *args: object) -> Assessment | PositionError:
+    try:
+        return call(*args)
+    except PositionError as error:
+        return error
+
+
+@SETTINGS
+@given(
+    accounts(isolated=True) | accounts(inverse=True, isolated=True) | hedged_accounts(),
+    st.data(),
+)
+def test_a_book_gives_the_figures_of_assess_bit_for_bit(
+    account: AccountSnapshot, data: st.DataObject
+) -> None:
+    """``Book.assess`` equals ``assess(with_marks)`` exactly, tick after tick; prices wait until read.
+
+    A stream decides the alert level from these figures; a difference of one ulp at a threshold
+    would be a different alert from the one a poll gives.
+    """
+    book = Book(account)
+    for _ in range(3):  # the bracket each position was in carries over from tick to tick
+        marks = _marks_moved(data, account)
+        expected = _outcome(lambda: assess(account.with_marks(marks)))  # noqa: B023 - called at once
+        deferred = _outcome(book.assess, marks)
+        if not isinstance(deferred, DeferredAssessment) or isinstance(expected, PositionError):
+            assert str(deferred) == str(expected)  # the same error, or a test that cannot pass
+            continue
+        assert (deferred.margin_balance, deferred.maintenance_margin, deferred.margin_ratio) == (
+            expected.margin_balance,
+            expected.maintenance_margin,
+            expected.margin_ratio,
+        )
+        assert (deferred.level, deferred.worst_level, deferred.thresholds, deferred.drift) == (
+            expected.level,
+            expected.worst_level,
+            expected.thresholds,
+            expected.drift,
+        )
+        assert deferred.isolated() == expected.isolated()
+        assert deferred.position_count == len(expected.positions)
+        assert not deferred.solved
+        assert deferred.positions == expected.positions
+        assert deferred.solved
+
+
+@pytest.mark.parametrize("mark", [math.nan, math.inf, 0.0, -5.0])
+def test_a_book_refuses_a_bad_mark_as_with_marks_does(mark: float) -> None:
+    """The field and the message name the mark, as ``Position.at_mark`` does."""
+    account = AccountSnapshot(1_000.0, (Position("BTC", Side.LONG, 1.0, 100.0, 100.0, BINANCE_BTC),))
+    with pytest.raises(PositionError) as expected:
+        account.with_marks({"BTC": mark})
+    with pytest.raises(PositionError) as raised:
+        Book(account).assess({"BTC": mark})
+    assert (raised.value.field, str(raised.value)) == (expected.value.field, str(expected.value))

@@ -208,17 +208,8 @@ def observe(
     if state is None:
         state = initial_state(observation.key, observation.account, observation.exchange)
     ratio = observation.margin_ratio
-    raw = policy.level_of(ratio)
     current = state.level
-    if severity(raw) > severity(current):
-        direction, level = "worse", raw
-    elif severity(raw) < severity(current):
-        # Improving: a level is left only once the ratio clears its boundary by the hysteresis.
-        sticky = policy.level_of(ratio, shift=policy.hysteresis)
-        level = sticky if severity(sticky) < severity(current) else current
-        direction = "better" if level != current else "same"
-    else:
-        direction, level = "same", current
+    direction, level = _next_level(current, ratio, policy)
 
     sampled = state.history
     if ratio is not None and (not sampled or now - sampled[-1][0] >= HISTORY_STEP_S):
@@ -260,6 +251,28 @@ def observe(
             new_state, notified_level=None if notified.level == "ok" else level, last_notified_at=now
         )
     return new_state, alerts
+
+
+def moves(state: KeyState | None, ratio: float | None, policy: AlertPolicy) -> bool:
+    """Whether observing ``ratio`` would change the key's level (or end its blindness, or start it).
+
+    Cheap and exact: a stream asks this of every account on every tick, and handles first those
+    for which it holds (their alerts); a repeat or a fast fall may still come from the others.
+    """
+    return state is None or state.blind or _next_level(state.level, ratio, policy)[1] != state.level
+
+
+def _next_level(current: str, ratio: float | None, policy: AlertPolicy) -> tuple[str, str]:
+    """(direction, level) after observing ``ratio`` at level ``current``: see ``TRANSITIONS``."""
+    raw = policy.level_of(ratio)
+    if severity(raw) > severity(current):
+        return "worse", raw
+    if severity(raw) < severity(current):
+        # Improving: a level is left only once the ratio clears its boundary by the hysteresis.
+        sticky = policy.level_of(ratio, shift=policy.hysteresis)
+        level = sticky if severity(sticky) < severity(current) else current
+        return ("better" if level != current else "same"), level
+    return "same", current
 
 
 def observe_blind(

@@ -12,12 +12,12 @@ from monitor.risk.model import MarginMode
 
 if TYPE_CHECKING:
     from monitor.alerts.engine import AlertPolicy, Details
-    from monitor.risk.model import Assessment, PositionAssessment
+    from monitor.risk.model import Assessment, IsolatedFigures, PositionAssessment
 
 
-def isolated_key(account: str, item: PositionAssessment) -> str:
+def isolated_key(account: str, figures: IsolatedFigures) -> str:
     """The alert key of an isolated position: ``account/SYMBOL/side``."""
-    return f"{account}/{item.position.symbol}/{item.position.side.value}"
+    return f"{account}/{figures.symbol}/{figures.side.value}"
 
 
 def observations(
@@ -26,11 +26,12 @@ def observations(
     """The account's cross margin, then each isolated position with a ratio of its own.
 
     The positions at risk and the suggested action are computed only for an observation that
-    raises an alert (``Observation.details``).
+    raises an alert (``Observation.details``): until then the assessment's positions are not read,
+    and a stream's assessment need not solve their prices.
     """
-    cross = [item for item in assessment.positions if item.position.margin_mode is MarginMode.CROSS]
 
     def cross_details() -> Details:
+        cross = [item for item in assessment.positions if item.position.margin_mode is MarginMode.CROSS]
         level = policy.level_of(assessment.margin_ratio)
         return _at_risk(cross, assessment.thresholds, level, policy), _cross_action(assessment, cross, policy)
 
@@ -45,18 +46,18 @@ def observations(
             details=cross_details,
         )
     ]
-    for item in assessment.positions:
-        if item.position.margin_mode is not MarginMode.ISOLATED or item.margin_ratio is None:
+    for figures in assessment.isolated():
+        if figures.margin_ratio is None:
             continue
         found.append(
             Observation(
-                key=isolated_key(account, item),
+                key=isolated_key(account, figures),
                 account=account,
                 exchange=exchange,
-                margin_ratio=item.margin_ratio,
-                margin_balance=item.margin_balance,
-                maintenance_margin=item.maintenance_margin,
-                details=partial(_isolated_details, item, assessment.thresholds, policy),
+                margin_ratio=figures.margin_ratio,
+                margin_balance=figures.margin_balance,
+                maintenance_margin=figures.maintenance_margin,
+                details=partial(_isolated_details, assessment, figures.index, policy),
             )
         )
     return found
@@ -81,15 +82,14 @@ def _cross_action(
     )
 
 
-def _isolated_details(
-    item: PositionAssessment, thresholds: tuple[float, ...], policy: AlertPolicy
-) -> Details:
+def _isolated_details(assessment: Assessment, index: int, policy: AlertPolicy) -> Details:
+    item = assessment.positions[index]
     own = policy.level_of(item.margin_ratio)
     action = SuggestedAction(
         target_ratio_pct=policy.target_ratio * 100,
         margin_to_add=isolated_margin_to_add(item, policy.target_ratio),
     )
-    return _at_risk([item], thresholds, own, policy), action
+    return _at_risk([item], assessment.thresholds, own, policy), action
 
 
 def _at_risk(

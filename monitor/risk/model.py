@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from monitor.errors import PositionError, TierTableError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 #: Relative tolerance within which given maintenance amounts count as following the recurrence.
 CUM_TOLERANCE = 1e-9
@@ -426,6 +426,136 @@ class Assessment:
     @property
     def worst_level(self) -> Level:
         """The most severe level of the account and of its isolated positions."""
-        order = list(Level)
-        levels = [self.level, *(p.level for p in self.positions if p.level is not None)]
-        return max(levels, key=order.index)
+        return worst_of(self.level, (item.level for item in self.isolated()))
+
+    @property
+    def position_count(self) -> int:
+        """How many positions ``positions`` holds."""
+        return len(self.positions)
+
+    def isolated(self) -> tuple[IsolatedFigures, ...]:
+        """Each isolated position's own margin figures, which its alert key follows."""
+        return tuple(
+            IsolatedFigures(
+                index,
+                item.position.symbol,
+                item.position.side,
+                item.margin_balance,
+                item.maintenance_margin,
+                item.margin_ratio,
+                item.level,
+            )
+            for index, item in enumerate(self.positions)
+            if item.level is not None and item.margin_balance is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IsolatedFigures:
+    """An isolated position's own margin figures, without its prices (``Assessment.isolated``).
+
+    ``index`` is the position's place in ``Assessment.positions``.
+    """
+
+    index: int
+    symbol: str
+    side: Side
+    margin_balance: float
+    maintenance_margin: float
+    margin_ratio: float | None
+    level: Level
+
+
+_LEVEL_ORDER = {level: rank for rank, level in enumerate(Level)}
+
+
+def worst_of(level: Level, others: Iterable[Level]) -> Level:
+    """The most severe of ``level`` and ``others``."""
+    for other in others:
+        if _LEVEL_ORDER[other] > _LEVEL_ORDER[level]:
+            level = other
+    return level
+
+
+class DeferredAssessment(Assessment):
+    """An assessment whose positions (their liquidation and threshold prices) are solved when read.
+
+    ``monitor.risk.engine.Book`` builds these on a stream's ticks: the account's figures, its
+    isolated positions' and its worst level are known at once; ``positions`` calls ``solve`` the
+    first time it is read and keeps the result. Every figure equals ``assess``'s for the same marks.
+    """
+
+    __slots__ = ("_count", "_isolated", "_solve", "_worst")
+
+    _count: int
+    _isolated: tuple[IsolatedFigures, ...]
+    _solve: Callable[[], tuple[PositionAssessment, ...]]
+    _worst: Level
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        margin_balance: float,
+        maintenance_margin: float,
+        margin_ratio: float | None,
+        level: Level,
+        thresholds: tuple[float, ...],
+        drift: Drift | None,
+        isolated: tuple[IsolatedFigures, ...],
+        count: int,
+        solve: Callable[[], tuple[PositionAssessment, ...]],
+    ) -> DeferredAssessment:
+        """Build one without solving: ``solve`` gives the positions when they are first read."""
+        deferred = object.__new__(cls)
+        for name, value in (
+            ("margin_balance", margin_balance),
+            ("maintenance_margin", maintenance_margin),
+            ("margin_ratio", margin_ratio),
+            ("level", level),
+            ("thresholds", thresholds),
+            ("drift", drift),
+        ):
+            _ASSESSMENT_SLOTS[name].__set__(deferred, value)
+        object.__setattr__(deferred, "_isolated", isolated)
+        object.__setattr__(deferred, "_count", count)
+        object.__setattr__(deferred, "_solve", solve)
+        object.__setattr__(deferred, "_worst", worst_of(level, (item.level for item in isolated)))
+        return deferred
+
+    @property
+    def positions(self) -> tuple[PositionAssessment, ...]:
+        """Every position's figures and prices, solved the first time they are asked for."""
+        try:
+            solved: tuple[PositionAssessment, ...] = _ASSESSMENT_SLOTS["positions"].__get__(self)
+        except AttributeError:
+            solved = self._solve()
+            _ASSESSMENT_SLOTS["positions"].__set__(self, solved)
+        return solved
+
+    @property
+    def worst_level(self) -> Level:
+        """The most severe level of the account and of its isolated positions (known without solving)."""
+        return self._worst
+
+    def isolated(self) -> tuple[IsolatedFigures, ...]:
+        """Each isolated position's own margin figures (known without solving)."""
+        return self._isolated
+
+    @property
+    def position_count(self) -> int:
+        """How many positions ``positions`` holds (known without solving)."""
+        return self._count
+
+    @property
+    def solved(self) -> bool:
+        """Whether ``positions`` has been read (for tests and benchmarks)."""
+        try:
+            _ASSESSMENT_SLOTS["positions"].__get__(self)
+        except AttributeError:
+            return False
+        return True
+
+
+#: Assessment's slot descriptors: DeferredAssessment fills them without the frozen ``__setattr__``.
+_ASSESSMENT_SLOTS = {f.name: Assessment.__dict__[f.name] for f in fields(Assessment)}

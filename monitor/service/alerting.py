@@ -23,12 +23,13 @@ from monitor.alerts.engine import (
     AlertPolicy,
     KeyState,
     Observation,
+    moves,
     observe,
     observe_blind,
     observe_key,
     observe_margin_call,
 )
-from monitor.alerts.observe import observations
+from monitor.alerts.observe import isolated_key, observations
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -203,6 +204,17 @@ class Alerting:
                 observe(self.states.get(observation.key), observation, now, self.policy, muted_until=muted),
             )
         return raised
+
+    def moves(self, account: str, assessment: Assessment) -> bool:
+        """Whether ``assessment`` changes the level of one of the account's keys (``engine.moves``)."""
+        states = self.states
+        if moves(states.get(account), assessment.margin_ratio, self.policy):
+            return True
+        return any(
+            figures.margin_ratio is not None
+            and moves(states.get(isolated_key(account, figures)), figures.margin_ratio, self.policy)
+            for figures in assessment.isolated()
+        )
 
     async def blind(self, account: str, exchange: str, seconds_since_data: float | None) -> list[Alert]:
         """The account has no fresh data: every key of it goes blind."""

@@ -182,6 +182,13 @@ class Daemon:
         await self._after_assessment(state, assessment)
         return assessment
 
+    def moves(self, name: str, assessment: Assessment) -> bool:
+        """Whether ``assessment`` changes ``name``'s level or an alert key's: a tick handles these first."""
+        state = self.accounts[name]
+        if state.blind or assessment.worst_level.value != state.level:
+            return True
+        return self.alerting is not None and self.alerting.moves(name, assessment)
+
     def stream_assessed(
         self, name: str, assessment: Assessment, *, fresh: bool, log_line: bool
     ) -> asyncio.Task[Any] | None:
@@ -218,7 +225,7 @@ class Daemon:
                 margin_balance=assessment.margin_balance,
                 maintenance_margin=assessment.maintenance_margin,
                 drift_pct=None,
-                positions=len(assessment.positions),
+                positions=assessment.position_count,
                 feed="marks",
             )
         self._tell_listeners(state, assessment)
@@ -320,7 +327,7 @@ class Daemon:
             margin_balance=assessment.margin_balance,
             maintenance_margin=assessment.maintenance_margin,
             drift_pct=None if drift is None else round(drift * 100, 4),
-            positions=len(assessment.positions),
+            positions=assessment.position_count,
             approximate=fetched.approximate or None,
             latency_ms=round(latency_ms, 2),
         )

@@ -25,7 +25,7 @@ import structlog
 
 from monitor.exchanges.client import ClientHandle, ClientSettings, Credentials, MarketCache
 from monitor.exchanges.streams import MarkFeed, UserEvent, UserFeed, supported
-from monitor.risk.engine import assess
+from monitor.risk.engine import Book
 from monitor.service.daemon import spread
 
 if TYPE_CHECKING:
@@ -53,24 +53,28 @@ CLOSE_TIMEOUT_S = 2.0
 #: assessed once a tick, not five times.
 COALESCE_S = 0.002
 
-#: Accounts recomputed between two yields to the event loop within one tick, those whose threshold
-#: prices the tick passes first: the alerts of those already done are stored (and new messages
-#: read) before the rest are computed, so a crossing account waits for a few dozen others, not for
-#: a thousand.
-RECOMPUTE_SLICE = 8
+#: Accounts whose figures are computed between two yields to the event loop (a few microseconds
+#: each): a tick first computes every touched account's figures and handles at once those whose
+#: level they change (their alerts are stored before anything else), then the rest. Small, so
+#: the alerts being sent (a few turns of the loop each) are not held back by the sweep.
+FIGURES_SLICE = 10
 
-#: Accounts a tick takes across a threshold are recomputed together, up to this many between two
-#: yields, so their alerts are stored in one commit and sent in one window.
-URGENT_SLICE = 32
+#: Accounts handed to the daemon (state, listeners, alert engine) between two yields in a tick's
+#: second pass, so alerts being delivered and new marks are not held back by a thousand accounts.
+HANDLE_SLICE = 10
 
-#: How long a tick waits for the alerts of the accounts it took across a threshold to be stored
-#: before it recomputes the rest (they are normally stored within milliseconds).
+#: The most accounts whose level changed a tick handles before it waits for their alerts to be
+#: stored (a crash that takes a thousand accounts across a threshold commits them in batches).
+URGENT_BATCH = 50
+
+#: How long a tick waits for the alerts of the accounts it changed the level of to be stored
+#: before it handles the rest (they are normally stored within milliseconds).
 URGENT_WAIT_S = 0.5
 
 
 @dataclass(slots=True)
 class _Live:
-    """One streamed account: its REST snapshot and when it was taken."""
+    """One streamed account: its REST snapshot, when it was taken, and the marks it has seen since."""
 
     snapshot: AccountSnapshot
     taken_at: float
@@ -78,23 +82,15 @@ class _Live:
     reconcile_at: float
     symbols: frozenset[str] = field(default_factory=frozenset)
     last_logged_at: float = 0.0
-    #: Symbol -> the nearest marks below and above the current one at which the account (or an
-    #: isolated position) reaches a threshold or 100%, the other marks held, from the last
-    #: assessment (``None`` before the first).
-    edges: dict[str, tuple[float, float]] | None = None
+    #: The newest mark of each symbol the stream brought since the snapshot.
+    marks: dict[str, float] = field(default_factory=dict)
+    #: How far (in ratio) the last figures were from the nearest level boundary: a tick computes
+    #: the nearest accounts first.
+    nearness: float = 0.0
+    book: Book = field(init=False)
 
-    def crosses(self, marks: Mapping[str, float]) -> bool:
-        """Whether these marks pass one of the account's threshold prices (or it was never assessed).
-
-        Two comparisons a symbol, so a tick can put its crossing accounts first among a thousand.
-        """
-        if self.edges is None:
-            return True
-        for symbol, mark in marks.items():
-            edges = self.edges.get(symbol)
-            if edges is not None and not edges[0] < mark < edges[1]:
-                return True
-        return False
+    def __post_init__(self) -> None:
+        self.book = Book(self.snapshot)
 
 
 class Streaming:
@@ -121,6 +117,10 @@ class Streaming:
         self.mark_feeds: dict[FeedKey, MarkFeed] = {}
         self.user_feeds: dict[str, UserFeed] = {}
         self.streamed = {name for name, state in daemon.accounts.items() if self._wants_stream(state)}
+        ratios = (1.0, *daemon.thresholds)
+        band = daemon.alerting.policy.hysteresis if daemon.alerting is not None else 0.0
+        #: The ratios at which a level starts or (past the hysteresis) ends.
+        self._boundaries = tuple(sorted({*ratios, *(ratio + band for ratio in ratios)}))
         self._phase = spread(self.streamed)
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing: set[str] = set()
@@ -129,6 +129,8 @@ class Streaming:
         self._refreshes: set[asyncio.Task[None]] = set()
         self.ticks = 0
         self._pending_marks: dict[FeedKey, dict[str, float]] = {}
+        #: Accounts whose figures a tick computed and whose handling waits for the second pass.
+        self._later: dict[str, Assessment] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._applier: asyncio.Task[None] | None = None
 
@@ -280,6 +282,7 @@ class Streaming:
         self.live[name] = _Live(
             snapshot, now, reconcile_at, symbols, previous.last_logged_at if previous else 0.0
         )
+        self._later.pop(name, None)  # figures of the old snapshot must not follow the new one
         feed = self.mark_feeds.get(key)
         if feed is not None and symbols - old:
             feed.set_symbols(set(held))
@@ -297,62 +300,111 @@ class Streaming:
         self._applier = asyncio.get_running_loop().create_task(self._apply(), name="marks:apply")
 
     async def _apply(self) -> None:
-        """Recompute the accounts the pending marks touch, those they take across a threshold first.
+        """Recompute the accounts the pending marks touch; those whose level they change first.
 
-        One applier at a time, so an account never sees an older mark after a newer one. Marks that
-        arrive while it works join the work at the next slice: an account not yet recomputed takes
-        the newer marks with the older, and the order is drawn again, so a crossing that arrives
-        during a tick of a thousand accounts waits for one slice, not for the rest of the tick.
+        One applier at a time, so an account never sees an older mark after a newer one. Each round
+        takes the pending marks into the accounts' own, computes the figures of every account they
+        touch (``Book``: microseconds, no prices solved), hands at once those whose level changes
+        to the daemon and waits for their alerts to be stored, then hands over the rest in slices.
+        Marks that arrive meanwhile start the next round at the next slice: an account still
+        waiting is computed again with them, and a crossing waits for one slice, not a thousand.
         """
         try:
-            work: dict[str, dict[str, float]] = {}
-            order: list[str] = []
-            urgent: set[str] = set()
-            alerting: list[asyncio.Task[Any]] = []
-            while self._pending_marks or order:
-                if self._pending_marks:
-                    self._take_pending(work)
-                    urgent = {name for name in work if self.live[name].crosses(work[name])}
-                    order = [*urgent, *(name for name in work if name not in urgent)]
-                size = _leading(order, urgent, URGENT_SLICE) or RECOMPUTE_SLICE
-                for name in order[:size]:
-                    task = self._recompute(name, work.pop(name))
-                    if name in urgent and task is not None:
-                        alerting.append(task)
-                del order[:size]
-                if alerting and not (order and order[0] in urgent):
-                    # The crossing accounts are done: their alerts are stored before the rest.
-                    await asyncio.wait(alerting, timeout=URGENT_WAIT_S)
-                    alerting.clear()
-                elif order or self._pending_marks:
+            remaining: list[str] = []
+            while self._pending_marks or remaining or self._later:
+                if self._pending_marks or remaining:
+                    touched = dict.fromkeys([*remaining, *self._take_pending()])
+                    remaining = await self._first_pass(list(touched))
+                    continue
+                for _ in range(HANDLE_SLICE):
+                    if not self._later:
+                        break
+                    name = next(iter(self._later))
+                    self._handle(name, self._later.pop(name))
+                if self._later or self._pending_marks:
                     await asyncio.sleep(0)
         except Exception:  # a crashed applier is a bug; the next tick starts a new one
             log.exception("stream.apply_failed")
         finally:
             self._applier = None
 
-    def _take_pending(self, work: dict[str, dict[str, float]]) -> None:
-        """Move the pending marks into ``work``: per affected account, the marks of its symbols."""
+    async def _first_pass(self, touched: list[str]) -> list[str]:
+        """Figures for ``touched``, nearest a boundary first; those not reached when new marks came.
+
+        The accounts a tick takes across a boundary are nearly always among the nearest, so their
+        alerts are stored after a slice or two, not after a thousand accounts. Marks arriving
+        meanwhile end the pass at the next slice: the accounts not yet computed join the next one.
+        """
+        touched.sort(key=self._nearness)
+        alerting: list[asyncio.Task[Any]] = []
+        calm = False  # whether the slice had an account whose level holds
+        for count, name in enumerate(touched, 1):
+            self._later.pop(name, None)  # figures from older marks: these replace them
+            assessment = self._figures(name)
+            if assessment is not None and self.daemon.moves(name, assessment):
+                task = self._handle(name, assessment)
+                if task is not None:
+                    alerting.append(task)
+            else:
+                calm = True
+                if assessment is not None:
+                    self._later[name] = assessment
+            last = count == len(touched)
+            if count % FIGURES_SLICE and not last:
+                continue
+            if alerting and (calm or last or len(alerting) >= URGENT_BATCH or self._pending_marks):
+                # Their alerts are stored before the rest: one commit for the whole run of them.
+                await asyncio.wait(alerting, timeout=URGENT_WAIT_S)
+                alerting.clear()
+            elif not last:
+                await asyncio.sleep(0)
+            if self._pending_marks and not last:
+                return touched[count:]
+            calm = False
+        return []
+
+    def _nearness(self, name: str) -> float:
+        live = self.live.get(name)
+        return math.inf if live is None else live.nearness
+
+    def _take_pending(self) -> list[str]:
+        """Move the pending marks into the accounts that hold their symbols; those accounts."""
         batches, self._pending_marks = self._pending_marks, {}
+        touched: dict[str, None] = {}
         for key, marks in batches.items():
             held = self.index.get(key)
             if not held:
                 continue
             for symbol, price in marks.items():
                 for name in held.get(symbol, ()):
-                    if name in self.live:
-                        work.setdefault(name, {})[symbol] = price
+                    live = self.live.get(name)
+                    if live is not None:
+                        live.marks[symbol] = price
+                        touched[name] = None
+        return list(touched)
 
-    def _recompute(self, name: str, marks: Mapping[str, float]) -> asyncio.Task[Any] | None:
+    def _figures(self, name: str) -> Assessment | None:
+        live = self.live.get(name)
+        if live is None:
+            return None
+        self.ticks += 1
+        try:
+            assessment = live.book.assess(live.marks, self.daemon.thresholds)
+        except Exception:  # one account's bad data must not stop the others' recomputes
+            log.exception("stream.assess_failed", account=name)
+            return None
+        nearness = _distance(assessment.margin_ratio, self._boundaries)
+        for figures in assessment.isolated():
+            nearness = min(nearness, _distance(figures.margin_ratio, self._boundaries))
+        live.nearness = nearness
+        return assessment
+
+    def _handle(self, name: str, assessment: Assessment) -> asyncio.Task[Any] | None:
         live = self.live.get(name)
         if live is None:
             return None
         try:
             now = self._clock()
-            live.snapshot = live.snapshot.with_marks({s: p for s, p in marks.items() if s in live.symbols})
-            self.ticks += 1
-            assessment = assess(live.snapshot, self.daemon.thresholds)
-            live.edges = _edges(assessment)
             trusted = now - live.taken_at <= self.reconcile_s * SNAPSHOT_TRUST_PERIODS
             canonical = now - live.last_logged_at >= self.daemon.accounts[name].config.poll_interval_s
             if canonical:
@@ -389,31 +441,11 @@ class Streaming:
             self._again.discard(name)
 
 
-def _leading(order: list[str], members: set[str], most: int) -> int:
-    """How many of the first ``most`` names of ``order`` are in ``members`` before the first that is not."""
-    count = 0
-    for name in order[:most]:
-        if name not in members:
-            break
-        count += 1
-    return count
-
-
-def _edges(assessment: Assessment) -> dict[str, tuple[float, float]]:
-    """Per symbol, the nearest threshold prices below and above its mark (``_Live.crosses``)."""
-    edges: dict[str, tuple[float, float]] = {}
-    for item in assessment.positions:
-        mark = item.position.mark_price
-        below, above = edges.get(item.position.symbol, (-math.inf, math.inf))
-        for price in (item.liquidation_price, *item.threshold_prices):
-            if price is None or price <= 0:
-                continue
-            if price <= mark:
-                below = max(below, price)
-            else:
-                above = min(above, price)
-        edges[item.position.symbol] = (below, above)
-    return edges
+def _distance(ratio: float | None, boundaries: tuple[float, ...]) -> float:
+    """How far ``ratio`` is from the nearest of ``boundaries`` (infinite without a ratio)."""
+    if ratio is None:
+        return math.inf
+    return min(abs(ratio - boundary) for boundary in boundaries)
 
 
 def _differences(live: AccountSnapshot, rest: AccountSnapshot) -> dict[str, Any]:
