@@ -9,6 +9,7 @@ simulator's websocket is in ``test_streaming_e2e.py``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import TYPE_CHECKING
 
 import pytest
@@ -192,3 +193,17 @@ async def test_a_mark_arriving_mid_tick_is_taken_at_the_next_slice(
     assert sorted(order[2:]) == sorted(f"handled:acct{i}" for i in range(ACCOUNTS - 1))
     others = [state.assessment for name, state in streaming.daemon.accounts.items() if name != NEAR]
     assert [a.margin_ratio if a else None for a in others] == [pytest.approx(2.97089)] * (ACCOUNTS - 1)
+
+
+def test_first_reconciliations_are_spread_over_half_a_period(ticking: tuple[Streaming, list[str]]) -> None:
+    """Read at start together, 300 accounts come due for REST between half and one period later, evenly.
+
+    Due together, their answers would be parsed back to back every period, with the loop held.
+    """
+    streaming, _ = ticking
+    period = streaming.reconcile_s
+    offsets = sorted(live.reconcile_at - live.taken_at for live in streaming.live.values())
+    assert offsets[0] >= period / 2
+    assert offsets[-1] <= period
+    gaps = [later - earlier for earlier, later in itertools.pairwise(offsets)]
+    assert max(gaps) < 3 * period / (2 * ACCOUNTS)
