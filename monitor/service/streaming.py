@@ -319,8 +319,7 @@ class Streaming:
                 for _ in range(HANDLE_SLICE):
                     if not self._later:
                         break
-                    name = next(iter(self._later))
-                    self._handle(name, self._later.pop(name))
+                    self._handle(*self._later.popitem())
                 if self._later or self._pending_marks:
                     await asyncio.sleep(0)
         except Exception:  # a crashed applier is a bug; the next tick starts a new one
