@@ -336,8 +336,15 @@ class Dispatcher:
                 if not running:
                     return outcomes
                 wake = self._wake[name]
-                # With a slot free, a delivery stored meanwhile need not wait for an acknowledgement.
-                waiter = asyncio.ensure_future(wake.wait()) if not halted and len(running) < window else None
+                # With a slot free and nothing left to start, a delivery stored meanwhile need not
+                # wait for an acknowledgement. (With the queue's head held back by its account's
+                # send in flight, nothing could start before that send ends: waiting on the wake
+                # too would spin while it stays set.)
+                waiter = (
+                    asyncio.ensure_future(wake.wait())
+                    if not halted and not queue and len(running) < window
+                    else None
+                )
                 awaited: set[asyncio.Future[Any]] = set(running)
                 if waiter is not None:
                     awaited.add(waiter)
@@ -357,7 +364,7 @@ class Dispatcher:
                 if sent:
                     self._counters[name].delivered += sum(self.outbox.delivered_many(sent))
                 halted = halted or self._stopping.is_set()
-                if not halted and len(queue) < window and wake.is_set():
+                if not halted and not queue and wake.is_set():
                     # Stored since the read: cleared before reading again, as the worker does.
                     wake.clear()
                     fresh = self.outbox.due(self._clock(), BATCH, channel=name)
