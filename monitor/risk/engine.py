@@ -70,16 +70,8 @@ def assess(account: AccountSnapshot, thresholds: Sequence[float] = DEFAULT_THRES
     cross_mm = 0.0
     groups: dict[str, list[int]] = {}
     for index, position in enumerate(account.positions):
-        size = position.contracts * position.contract_size
-        sign = 1.0 if position.side == "long" else -1.0
-        if position.inverse:
-            u0 = 1.0 / position.mark_price
-            a = sign * size / position.entry_price
-            b = -sign * size
-        else:
-            u0 = position.mark_price
-            a = -sign * size * position.entry_price
-            b = sign * size
+        size, a, b = _coefficients(position)
+        u0 = 1.0 / position.mark_price if position.inverse else position.mark_price
         notional = size * u0
         table = position.tiers
         bracket = table.index_for(notional)
@@ -179,17 +171,10 @@ class Book:
         self.snapshot = snapshot
         legs: list[list[Any]] = []
         for position in snapshot.positions:
-            size = position.contracts * position.contract_size
-            sign = 1.0 if position.side == "long" else -1.0
-            if position.inverse:
-                a = sign * size / position.entry_price
-                b = -sign * size
-            else:
-                a = -sign * size * position.entry_price
-                b = sign * size
+            size, a, b = _coefficients(position)
             table = position.tiers
             bracket = table.index_for(position.notional())
-            legs.append([position, size, a, b, table.floors, table.tiers, bracket])
+            legs.append([position, size, a, b, table.floors, table.tiers, len(table.floors) - 1, bracket])
         self._legs = legs
 
     def assess(
@@ -201,16 +186,15 @@ class Book:
         isolated: list[IsolatedFigures] = []
         moved: list[float] = []
         for index, leg in enumerate(self._legs):
-            position, size, a, b, floors, tiers, bracket = leg
+            position, size, a, b, floors, tiers, last, bracket = leg
             mark = marks.get(position.symbol, position.mark_price)
             if not 0.0 < mark < _INF or position.notional(mark) > MAX_AMOUNT:
                 position.at_mark(mark)  # raises the error with_marks would
             moved.append(mark)
             u0 = 1.0 / mark if position.inverse else mark
             notional = size * u0
-            last = len(floors) - 1
             if not (floors[bracket] <= notional and (bracket == last or notional < floors[bracket + 1])):
-                bracket = leg[6] = max(bisect_right(floors, notional) - 1, 0)
+                bracket = leg[7] = max(bisect_right(floors, notional) - 1, 0)
             tier = tiers[bracket]
             maintenance_margin = notional * tier.rate - tier.amount if size else 0.0
             pnl = a + b * u0
@@ -245,6 +229,18 @@ class Book:
             count=len(moved),
             solve=partial(_solve_at, snapshot, tuple(moved), tuple(thresholds)),
         )
+
+
+def _coefficients(position: Position) -> tuple[float, float, float]:
+    """(size, a, b): the position's unrealized PnL is ``a + b*u`` (``u`` the mark, or 1/mark if inverse).
+
+    ``assess`` and ``Book`` both take them from here, so their figures stay equal bit for bit.
+    """
+    size = position.contracts * position.contract_size
+    sign = 1.0 if position.side == "long" else -1.0
+    if position.inverse:
+        return size, sign * size / position.entry_price, -sign * size
+    return size, -sign * size * position.entry_price, sign * size
 
 
 def _solve_at(
